@@ -1,0 +1,3 @@
+"""slotune: keep LLM inference deployments on a latency SLO."""
+
+__version__ = "0.1.0"
