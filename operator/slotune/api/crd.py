@@ -196,7 +196,10 @@ def model_schema(model: type[BaseModel]) -> Schema:
         wire_name = field.alias or name
         schema = type_schema(field.annotation, field.metadata)
         description = field.description or schema.get("description") or model_doc(field)
-        schema = {"description": description, **{k: v for k, v in schema.items() if k != "description"}}
+        schema = {
+            "description": description,
+            **{k: v for k, v in schema.items() if k != "description"},
+        }
         default = _default(field)
         if default is not PydanticUndefined:
             schema["default"] = default

@@ -164,7 +164,7 @@ class EngineSpec(ApiModel):
 
     cel_rules = tuple(
         CelRule(
-            f"self.kind != '{kind}' || self.extraArgs.all(a, !{list(flags)!r}"
+            f"self.kind != '{kind}' || !has(self.extraArgs) || self.extraArgs.all(a, !{list(flags)!r}"
             ".exists(f, a == f || a.startsWith(f + '=')))",
             f"extraArgs must not set a flag slotune manages for {kind}: "
             + ", ".join(flags)

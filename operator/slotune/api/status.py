@@ -79,9 +79,9 @@ class Decision(ApiModel):
     """A tuning decision and whether it was applied."""
 
     time: str = Field(description="When it was made (RFC 3339).")
-    action: Literal[
-        "ScaleUp", "ScaleDown", "Retune", "ScaleAndRetune", "Hold", "Initial"
-    ] = Field(description="What the decision changes.")
+    action: Literal["ScaleUp", "ScaleDown", "Retune", "ScaleAndRetune", "Hold", "Initial"] = Field(
+        description="What the decision changes."
+    )
     from_: Knobs = Field(alias="from", description="Knobs before.")
     to: Knobs = Field(description="Knobs after.")
     reason: str = Field(description="Reason code, e.g. TTFTAboveTarget, OverProvisioned.")

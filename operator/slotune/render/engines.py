@@ -40,11 +40,17 @@ class Probes:
 
 
 class EngineAdapter(Protocol):
-    kind: str
-    default_image: str
-    port: int
-    metrics: MetricNames
-    probes: Probes
+    # Read-only members, so frozen dataclasses satisfy the protocol.
+    @property
+    def kind(self) -> str: ...
+    @property
+    def default_image(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def metrics(self) -> MetricNames: ...
+    @property
+    def probes(self) -> Probes: ...
 
     def command(self) -> list[str]: ...
 
