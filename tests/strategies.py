@@ -46,7 +46,11 @@ def specs(draw: st.DrawFn) -> Obj:
     """A valid `spec` with a random subset of optional fields present."""
     kind = draw(st.sampled_from(["vllm", "sglang"]))
     gpus = draw(st.sampled_from([1, 2, 4, 8]))
-    tp = gpus if kind == "sglang" else draw(st.sampled_from([d for d in (1, 2, 4, 8) if gpus % d == 0]))
+    tp = (
+        gpus
+        if kind == "sglang"
+        else draw(st.sampled_from([d for d in (1, 2, 4, 8) if gpus % d == 0]))
+    )
     seqs = draw(knob_range(1, 2048))
     tokens = draw(knob_range(max(seqs["max"], 64), 65536))
     ttft_ms = draw(st.integers(1, 30_000))
@@ -81,9 +85,8 @@ def specs(draw: st.DrawFn) -> Obj:
         )
         spec["model"]["hubTokenSecret"] = {"name": draw(names)}
     if draw(st.booleans()):
-        spec["engine"]["extraArgs"] = draw(
-            st.lists(free_text.filter(lambda a: not a.startswith("-")), max_size=3)
-        ) + ["--enable-prefix-caching"]
+        positional = draw(st.lists(free_text.filter(lambda a: not a.startswith("-")), max_size=3))
+        spec["engine"]["extraArgs"] = [*positional, "--enable-prefix-caching"]
         spec["engine"]["env"] = [
             {"name": "LOG_LEVEL", "value": draw(free_text)},
             {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": draw(names), "key": "k"}}},
@@ -145,8 +148,14 @@ def _mutations(obj: Obj) -> list[tuple[Obj, str]]:
         (_set(obj, "spec.slo.e2e", {"target": "0s"}), "spec.slo.e2e"),
         (_set(obj, "spec.scaling.minReplicas", spec["scaling"]["maxReplicas"] + 1), "spec.scaling"),
         (_set(obj, "spec.scaling.maxReplicas", 0), "spec.scaling.maxReplicas"),
-        (_set(obj, "spec.batching.maxNumSeqs.min", seqs["initial"] + 1), "spec.batching.maxNumSeqs"),
-        (_set(obj, "spec.batching.maxNumSeqs.max", seqs["initial"] - 1), "spec.batching.maxNumSeqs"),
+        (
+            _set(obj, "spec.batching.maxNumSeqs.min", seqs["initial"] + 1),
+            "spec.batching.maxNumSeqs",
+        ),
+        (
+            _set(obj, "spec.batching.maxNumSeqs.max", seqs["initial"] - 1),
+            "spec.batching.maxNumSeqs",
+        ),
         (
             _set(
                 obj,

@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 import yaml
 from hypothesis import given, settings
-from strategies import broken_llmservices, llmservices
 
 from slotune.api.resource import SpecError, parse_llmservice, parse_spec
 from slotune.api.spec import LLMServiceSpec
+
+from strategies import broken_llmservices, llmservices
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 MINIMAL: dict[str, Any] = {
@@ -63,14 +64,30 @@ def test_examples_are_valid(path: Path) -> None:
         ("slo.window", "30s", "spec.slo", "window must be between 1m and 1h"),
         ("slo.e2e", {"target": "100ms"}, "spec.slo", "e2e.target must be greater than ttft"),
         ("scaling.minReplicas", 9, "spec.scaling", "minReplicas must be less than or equal"),
-        ("batching.maxNumSeqs", {"initial": 4, "min": 8, "max": 16}, "spec.batching.maxNumSeqs",
-         "min must be less than or equal to initial"),
-        ("batching.maxNumSeqs", {"initial": 32, "min": 8, "max": 16}, "spec.batching.maxNumSeqs",
-         "initial must be less than or equal to max"),
-        ("batching.maxNumSeqs", {"initial": 32, "min": 8, "max": 4096}, "spec.batching",
-         "maxBatchedTokens.min must be at least maxNumSeqs.max"),
-        ("resources", {"gpusPerReplica": 4, "tensorParallel": 3}, "spec.resources",
-         "tensorParallel must divide gpusPerReplica"),
+        (
+            "batching.maxNumSeqs",
+            {"initial": 4, "min": 8, "max": 16},
+            "spec.batching.maxNumSeqs",
+            "min must be less than or equal to initial",
+        ),
+        (
+            "batching.maxNumSeqs",
+            {"initial": 32, "min": 8, "max": 16},
+            "spec.batching.maxNumSeqs",
+            "initial must be less than or equal to max",
+        ),
+        (
+            "batching.maxNumSeqs",
+            {"initial": 32, "min": 8, "max": 4096},
+            "spec.batching",
+            "maxBatchedTokens.min must be at least maxNumSeqs.max",
+        ),
+        (
+            "resources",
+            {"gpusPerReplica": 4, "tensorParallel": 3},
+            "spec.resources",
+            "tensorParallel must divide gpusPerReplica",
+        ),
         ("engine.extraArgs", ["--max-num-seqs=8"], "spec.engine", "must not set a flag"),
         ("engine.extraArgs", ["-tp", "2"], "spec.engine", "must not set a flag"),
         ("engine.env", [{"name": "X"}], "spec.engine.env[0]", "exactly one of value"),

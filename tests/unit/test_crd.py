@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 import yaml
-from crd_check import crd_problems
 from hypothesis import given, settings
-from strategies import broken_llmservices, llmservices
 
 from slotune.api.crd import crd, crd_yaml
 from slotune.api.resource import SpecError, parse_llmservice
+
+from crd_check import crd_problems
+from strategies import broken_llmservices, llmservices
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKED_IN = ROOT / "crds" / "slotune.dev_llmservices.yaml"

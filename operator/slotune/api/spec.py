@@ -164,8 +164,8 @@ class EngineSpec(ApiModel):
 
     cel_rules = tuple(
         CelRule(
-            f"self.kind != '{kind}' || !has(self.extraArgs) || self.extraArgs.all(a, !{list(flags)!r}"
-            ".exists(f, a == f || a.startsWith(f + '=')))",
+            f"self.kind != '{kind}' || !has(self.extraArgs) || "
+            f"self.extraArgs.all(a, !{list(flags)!r}.exists(f, a == f || a.startsWith(f + '=')))",
             f"extraArgs must not set a flag slotune manages for {kind}: "
             + ", ".join(flags)
             + " (use the matching spec field instead)",
