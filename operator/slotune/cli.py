@@ -83,6 +83,27 @@ def cmd_crd(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    import os
+
+    if args.resync_seconds is not None:
+        os.environ["SLOTUNE_RESYNC_SECONDS"] = str(args.resync_seconds)
+    if args.prometheus_url:
+        os.environ["SLOTUNE_PROMETHEUS_URL"] = args.prometheus_url
+    import kopf
+
+    import slotune.controller.handlers  # noqa: F401  (registers the handlers)
+
+    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.FULL)
+    kopf.run(
+        standalone=True,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=args.liveness,
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from slotune.demo import run_demo
 
@@ -110,6 +131,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-batched-tokens", type=int, help="default: batching.maxBatchedTokens.initial"
     )
     render.set_defaults(handler=cmd_render)
+
+    run = commands.add_parser("run", help="run the operator (Kopf) against the current cluster")
+    run.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable); default: all namespaces",
+    )
+    run.add_argument("--prometheus-url", help="default Prometheus URL (SLOTUNE_PROMETHEUS_URL)")
+    run.add_argument(
+        "--resync-seconds", type=float, help="status refresh and drift repair interval (15)"
+    )
+    run.add_argument(
+        "--liveness",
+        default=None,
+        help="serve Kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz",
+    )
+    run.add_argument("-v", "--verbose", action="store_true", help="log more")
+    run.set_defaults(handler=cmd_run)
 
     demo = commands.add_parser("demo", help="show slotune at work on the bundled examples")
     demo.set_defaults(handler=cmd_demo)

@@ -1,0 +1,73 @@
+"""Kopf handlers: thin. Parse, call `reconcile`, write the status that changed, post Events.
+
+Run with `slotune run` or `kopf run -m slotune.controller.handlers`.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+import kubernetes
+import urllib3
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import DynamicClient
+
+from slotune.api.resource import GROUP, PLURAL, VERSION
+from slotune.controller.apply import Applier
+from slotune.controller.config import OperatorConfig
+from slotune.controller.reconcile import reconcile
+
+CONFIG = OperatorConfig.from_env()
+PREFIX = "slotune.dev"
+
+
+def _client() -> DynamicClient:
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    return DynamicClient(kubernetes.client.ApiClient())
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Kopf's bookkeeping lives under our prefix, in annotations: nothing in status but ours.
+    settings.persistence.finalizer = f"{PREFIX}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration"
+    )
+    # Only warnings become Events automatically; transitions and decisions are posted explicitly.
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    memo.client = _client()
+    memo.applier = Applier(memo.client)
+
+
+def _sync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
+    try:
+        outcome = reconcile(body, memo.client, memo.applier, datetime.now(UTC))
+    except (ApiException, urllib3.exceptions.HTTPError) as error:
+        # The apiserver hiccuped (or RBAC is missing): retry later, never crash the operator.
+        reason = getattr(error, "reason", None) or type(error).__name__
+        raise kopf.TemporaryError(f"Kubernetes API error: {reason}", delay=10) from error
+    for key, value in outcome.status_patch.items():
+        patch.status[key] = value
+    for type_, reason, message in outcome.events:
+        kopf.event(body, type=type_, reason=reason, message=message)
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+def reconcile_llmservice(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    _sync(body, patch, memo)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.resync_seconds, idle=None)
+def resync_llmservice(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """Refresh the status and put back drift, writing only what changed."""
+    _sync(body, patch, memo)

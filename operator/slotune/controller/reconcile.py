@@ -1,0 +1,151 @@
+"""One reconcile of one LLMService: validate, render, apply what differs, compute the status.
+
+Kopf-free so it can be called from any handler (change, resume, timer); the caller passes the
+clock and receives the status fields that changed plus the Events to post.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import NotFoundError
+from pydantic import ValidationError
+
+from slotune.api.resource import LLMService, ObjectMeta, SpecError, parse_llmservice
+from slotune.api.spec import LLMServiceSpec
+from slotune.api.status import Knobs
+from slotune.controller.apply import Applier, ChildConflict
+from slotune.controller.conditions import ConditionState, Observation, evaluate, merge
+from slotune.controller.workload import summarize
+from slotune.render.render import PAUSED_ANNOTATION, initial_knobs, render_children, selector_labels
+
+
+@dataclass
+class Outcome:
+    """What the caller should write: changed status fields, and Events (type, reason, message)."""
+
+    status_patch: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    applied: list[str] = field(default_factory=list)
+
+
+def is_paused(body: Mapping[str, Any]) -> bool:
+    annotations = body.get("metadata", {}).get("annotations") or {}
+    return str(annotations.get(PAUSED_ANNOTATION, "")).lower() == "true"
+
+
+def current_knobs(spec: LLMServiceSpec, status: Mapping[str, Any]) -> Knobs:
+    """The knobs last set (status.tuned), held inside the spec's current bounds."""
+    start = initial_knobs(spec)
+    try:
+        tuned = Knobs.model_validate(status.get("tuned") or start.model_dump(by_alias=True))
+    except ValidationError:
+        tuned = start
+    seqs, tokens, scaling = (
+        spec.batching.max_num_seqs,
+        spec.batching.max_batched_tokens,
+        spec.scaling,
+    )
+    return Knobs(
+        replicas=min(max(tuned.replicas, scaling.min_replicas), scaling.max_replicas),
+        max_num_seqs=min(max(tuned.max_num_seqs, seqs.min), seqs.max),
+        max_batched_tokens=min(max(tuned.max_batched_tokens, tokens.min), tokens.max),
+    )
+
+
+def _parse(body: Mapping[str, Any]) -> tuple[LLMService | None, str | None]:
+    # The status is ours and may hold fields of newer slotune versions: validate the rest only.
+    obj = {k: v for k, v in body.items() if k != "status"}
+    try:
+        return parse_llmservice(obj), None
+    except SpecError as error:
+        return None, str(error)
+
+
+def _event_type(state: ConditionState) -> str:
+    healthy = {
+        "Ready": "True",
+        "WorkloadReady": "True",
+        "MetricsAvailable": "True",
+        "SLOMet": "True",
+        "CapacityLimited": "False",
+    }
+    return "Normal" if healthy[state.type] == state.status else "Warning"
+
+
+def reconcile(
+    body: Mapping[str, Any],
+    client: DynamicClient,
+    applier: Applier,
+    now: datetime,
+    metrics: ConditionState | None = None,
+    slo: ConditionState | None = None,
+) -> Outcome:
+    outcome = Outcome()
+    status: Mapping[str, Any] = body.get("status") or {}
+    meta = body.get("metadata", {})
+    paused = is_paused(body)
+    service, spec_error = _parse(body)
+    observation = Observation(spec_error=spec_error, paused=paused, metrics=metrics, slo=slo)
+    fields: dict[str, Any] = {"observedGeneration": int(meta.get("generation") or 0)}
+
+    if service is not None:
+        knobs = current_knobs(service.spec, status)
+        conflict = None
+        if not paused:
+            try:
+                result = applier.apply(render_children(service, knobs), service.metadata.uid)
+                outcome.applied = result.applied
+            except ChildConflict as error:
+                conflict = str(error)
+        workload = summarize(
+            _get(client, "apps/v1", "Deployment", service.metadata),
+            _pods(client, service),
+            service.spec.resources.gpus_per_replica,
+        )
+        observation = Observation(
+            spec_error=None,
+            conflict=conflict,
+            workload=workload,
+            paused=paused,
+            metrics=metrics,
+            slo=slo,
+        )
+        fields.update(
+            replicas=workload.replicas,
+            readyReplicas=workload.ready,
+            pendingReplicas=workload.pending,
+            gpus=workload.replicas * workload.gpus_per_replica,
+            tuned=knobs.model_dump(by_alias=True),
+        )
+        if outcome.applied:
+            outcome.events.append(("Normal", "Applied", "applied " + ", ".join(outcome.applied)))
+
+    conditions, flipped = merge(
+        status.get("conditions") or [], evaluate(observation), fields["observedGeneration"], now
+    )
+    fields["conditions"] = conditions
+    outcome.status_patch = {k: v for k, v in fields.items() if status.get(k) != v}
+    outcome.events += [
+        (_event_type(s), s.reason, f"{s.type}={s.status}: {s.message}") for s in flipped
+    ]
+    return outcome
+
+
+def _get(client: DynamicClient, api_version: str, kind: str, meta: ObjectMeta) -> Any:
+    try:
+        api = client.resources.get(api_version=api_version, kind=kind)
+        return api.get(name=meta.name, namespace=meta.namespace).to_dict()
+    except NotFoundError:
+        return None
+
+
+def _pods(client: DynamicClient, service: LLMService) -> list[Any]:
+    api = client.resources.get(api_version="v1", kind="Pod")
+    selector = ",".join(f"{k}={v}" for k, v in selector_labels(service).items())
+    pods = api.get(namespace=service.metadata.namespace, label_selector=selector).to_dict()
+    return list(pods.get("items") or [])
