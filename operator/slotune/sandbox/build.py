@@ -158,12 +158,12 @@ class _Go:
         started = time.monotonic()
         with log_path.open("w") as log:
             proc = subprocess.Popen(args, cwd=wrapper, env=self.env, stdout=log, stderr=log)
-            next_beat = started + _HEARTBEAT_S
-            while proc.poll() is None:
-                time.sleep(1.0)
-                if time.monotonic() >= next_beat:
+            while True:
+                try:
+                    proc.wait(timeout=_HEARTBEAT_S)
+                    break
+                except subprocess.TimeoutExpired:
                     _log(f"  ... still building {label}, {time.monotonic() - started:.0f}s")
-                    next_beat += _HEARTBEAT_S
         if proc.returncode != 0:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-30:]
             raise BuildError(
@@ -199,7 +199,9 @@ def staging_replacements(k8s_go_mod: str, k8s_version: str) -> dict[str, str]:
     its own at v0.<minor>.<patch> for release v1.<minor>.<patch>.
     """
     staging_version = "v0." + k8s_version.removeprefix("v1.")
-    modules = re.findall(r"^\s*(k8s\.io/[\w.\-/]+) v0\.0\.0(?:\s|$)", k8s_go_mod, flags=re.M)
+    modules = re.findall(
+        r"^\s*(?:require\s+)?(k8s\.io/[\w.\-/]+) v0\.0\.0(?:\s|$)", k8s_go_mod, flags=re.M
+    )
     if not modules:
         raise BuildError("found no k8s.io/* staging modules in k8s.io/kubernetes' go.mod")
     return {module: staging_version for module in sorted(set(modules))}
@@ -421,6 +423,26 @@ def _record(out_dir: Path, timings: dict[str, float], total: float) -> None:
     manifest.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def newer_versions() -> dict[str, tuple[str, str]]:
+    """Pinned versions for which the module proxy serves something newer: {module: (pin, new)}.
+
+    Kubernetes is compared within its minor line (v1.34.x); kwok and helm against their latest.
+    """
+    go = _Go.find()
+    pins = {
+        "k8s.io/kubernetes": (K8S_VERSION, K8S_VERSION.rsplit(".", 1)[0]),
+        "sigs.k8s.io/kwok": (KWOK_VERSION, "latest"),
+        "helm.sh/helm/v3": (HELM_VERSION, "latest"),
+    }
+    newer: dict[str, tuple[str, str]] = {}
+    for module, (pin, query) in pins.items():
+        out = go.run(["list", "-m", "-json", f"{module}@{query}"], cwd=Path(tempfile.gettempdir()))
+        latest = str(json.loads(out)["Version"])
+        if latest != pin:
+            newer[module] = (pin, latest)
+    return newer
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m slotune.sandbox.build",
@@ -428,11 +450,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--force", action="store_true", help="rebuild even what exists")
     parser.add_argument("--print-dir", action="store_true", help="only print the bin dir")
+    parser.add_argument(
+        "--check-latest",
+        action="store_true",
+        help="report pinned versions the module proxy has newer releases of (builds nothing)",
+    )
     args = parser.parse_args(argv)
     if args.print_dir:
         print(bin_dir())
         return 0
     try:
+        if args.check_latest:
+            newer = newer_versions()
+            for module, (pin, latest) in newer.items():
+                print(f"{module}: pinned {pin}, newest {latest}")
+            if not newer:
+                print("all pins are the newest the module proxy serves")
+            return 0
         directory = ensure_binaries(force=args.force)
     except BuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
