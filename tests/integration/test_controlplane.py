@@ -257,6 +257,25 @@ def test_service_account_token_is_limited_by_rbac(
         api.close()
 
 
+def test_audit_log_records_writes_not_reads(
+    control_plane: ControlPlane, k8s: Any, namespace: str
+) -> None:
+    core = client.CoreV1Api(k8s)
+    core.create_namespaced_config_map(
+        namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="audited"))
+    )
+    core.read_namespaced_config_map("audited", namespace)
+    mine = [
+        e
+        for e in control_plane.audit_events()
+        if e.get("objectRef", {}).get("namespace") == namespace
+        and e["objectRef"].get("resource") == "configmaps"
+        and e["objectRef"].get("name") == "audited"
+    ]
+    assert [(e["verb"], e["responseStatus"]["code"]) for e in mine] == [("create", 201)]
+    assert mine[0]["user"]["username"] == "slotune-admin"
+
+
 def test_stop_ends_every_process(control_plane: ControlPlane) -> None:
     """A second, short-lived control plane: an exception in the block still stops it all."""
     with pytest.raises(RuntimeError, match="boom"), ControlPlane(control_plane.bin_dir) as cp:

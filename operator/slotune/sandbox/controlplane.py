@@ -34,6 +34,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -55,6 +56,28 @@ _NODE_NETWORK = ipaddress.ip_network("10.15.0.0/16")
 _LOG_TAIL_LINES = 40
 _STOP_GRACE_S = 10.0
 _PR_SET_PDEATHSIG = 1
+
+
+# Writes only, at Metadata level: enough to count and attribute every change (who, verb,
+# resource, name, response code) — e.g. to prove an operator's unchanged resync writes nothing —
+# without the cost of logging every read and watch of the whole cluster.
+_AUDIT_POLICY: dict[str, Any] = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {
+            "level": "Metadata",
+            "verbs": ["create", "update", "patch", "delete", "deletecollection"],
+        },
+        {"level": "None"},
+    ],
+}
+
+
+def _rfc3339_to_epoch(stamp: str) -> float:
+    # The apiserver writes microseconds and a Z suffix, e.g. 2026-11-25T15:44:08.123456Z.
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 class ControlPlaneError(RuntimeError):
@@ -266,6 +289,7 @@ class ControlPlane:
         startup_timeout: float = 90.0,
         keep_work_dir: bool = False,
         extra_apiserver_args: Sequence[str] = (),
+        audit: bool = True,
     ) -> None:
         self.bin_dir = Path(bin_dir)
         self._own_work_dir = work_dir is None
@@ -275,6 +299,8 @@ class ControlPlane:
         self.startup_timeout = startup_timeout
         self.keep_work_dir = keep_work_dir
         self.extra_apiserver_args = list(extra_apiserver_args)
+        self.audit = audit
+        self.audit_log = self.work_dir / "logs" / "audit.jsonl"
         self._processes: list[_Process] = []
         self._started = False
         self._failed = False
@@ -343,6 +369,19 @@ class ControlPlane:
     @property
     def pids(self) -> dict[str, int]:
         return {p.name: p.pid for p in self._processes if p.pid is not None and p.running()}
+
+    def audit_events(self, since: float | None = None) -> list[dict[str, Any]]:
+        """The apiserver's audit events for writes (see `_AUDIT_POLICY`), oldest first.
+
+        With `since` (a time.time() value), only events whose request arrived at or after it.
+        The log backend is synchronous, so a write is here by the time its call returned.
+        """
+        if not self.audit_log.exists():
+            return []
+        events = [json.loads(line) for line in self.audit_log.read_text().splitlines() if line]
+        if since is None:
+            return events
+        return [e for e in events if _rfc3339_to_epoch(e["requestReceivedTimestamp"]) >= since]
 
     def log_path(self, component: str) -> Path:
         return self.work_dir / "logs" / f"{component}.log"
@@ -509,9 +548,26 @@ class ControlPlane:
                 "--allow-privileged=true",
                 "--profiling=false",
                 "--event-ttl=1h",
+                *self._audit_args(),
                 *self.extra_apiserver_args,
             ],
         )
+
+    def _audit_args(self) -> list[str]:
+        if not self.audit:
+            return []
+        policy = self.work_dir / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump(_AUDIT_POLICY, sort_keys=False))
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            # Blocking: each event is written before the response goes out, so a test can
+            # count a controller's writes right after the controller acted.
+            "--audit-log-mode=blocking",
+            "--audit-log-maxbackup=1",
+            "--audit-log-maxsize=200",
+        ]
 
     def _start_controller_manager(self, certs: dict[str, KeyPair]) -> _Process:
         assert self._pki is not None
