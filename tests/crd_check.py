@@ -85,3 +85,25 @@ def crd_problems(crd: Schema, obj: Any) -> list[str]:
     if problems:
         return problems
     return [f"{path}: {message}" for path, message in cel_violations(schema, obj)]
+
+
+def default_problems(schema: Schema, path: str = "") -> list[str]:
+    """Defaults the apiserver would refuse when the CRD is created.
+
+    It validates each default, as written (nested defaults not applied), against the schema
+    and the CEL rules of the field it sits on.
+    """
+    found: list[str] = []
+    if "default" in schema:
+        value = schema["default"]
+        for error in jsonschema.Draft7Validator(strict(schema)).iter_errors(value):
+            found.append(f"{path}: default: {error.message}")
+        try:
+            found += [f"{path}: default: {m}" for _, m in cel_violations(schema, value)]
+        except celpy.CELEvalError as error:
+            found.append(f"{path}: default: {error}")
+    for name, sub in schema.get("properties", {}).items():
+        found += default_problems(sub, f"{path}.{name}")
+    if isinstance(schema.get("items"), dict):
+        found += default_problems(schema["items"], f"{path}[]")
+    return found

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from slotune.api.crd import crd, crd_yaml
 from slotune.api.resource import SpecError, parse_llmservice
 
-from crd_check import crd_problems
+from crd_check import crd_problems, default_problems
 from strategies import broken_llmservices, llmservices
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,3 +84,9 @@ def test_crd_and_models_reject_the_same_invalid_objects(case: tuple[dict[str, An
         parse_llmservice(obj)
     problems = crd_problems(CRD, obj)
     assert problems, f"the CRD accepts what the models reject: {caught.value}"
+
+
+def test_defaults_pass_their_own_rules() -> None:
+    # The apiserver refuses a CRD whose defaults break a CEL rule of their field.
+    root = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert default_problems(root) == []

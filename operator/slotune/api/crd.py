@@ -171,8 +171,11 @@ def type_schema(annotation: Any, metadata: list[Any] | None = None) -> Schema:
 def _default(field: FieldInfo) -> Any:
     if field.default_factory is not None:
         made = field.default_factory()  # type: ignore[call-arg]
-        # An empty object default lets the apiserver fill the nested defaults.
-        return {} if isinstance(made, BaseModel) else PydanticUndefined
+        # The whole default object, not {}: the apiserver checks a default against the CEL
+        # rules as written, before nested defaults would fill it.
+        if isinstance(made, BaseModel):
+            return json.loads(made.model_dump_json(by_alias=True, exclude_none=True))
+        return PydanticUndefined
     if field.default is None or field.default is PydanticUndefined:
         return PydanticUndefined
     return json.loads(json.dumps(field.default))

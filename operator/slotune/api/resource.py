@@ -26,7 +26,6 @@ NAME_RULE = CelRule(
     "self.metadata.name.size() <= 63 && self.metadata.name.matches('" + NAME_PATTERN + "')",
     "metadata.name must be a DNS-1035 label (at most 63 characters: lower-case letters, digits "
     "and '-', starting with a letter), because the Service and labels reuse it",
-    ".metadata.name",
 )
 
 
