@@ -8,7 +8,8 @@ Used by the integration tests, `slotune sandbox` and the demo::
 
 Every process is started in its own session, logs to ``<work_dir>/logs/<name>.log`` and is stopped
 by PID (SIGTERM, then SIGKILL) when the context exits, at interpreter exit, and — through
-PR_SET_PDEATHSIG — when the Python process dies without running either. Nothing listens on any
+PR_SET_PDEATHSIG — killed when the Python process dies without running either (a SIGKILL, or
+the default SIGTERM action, which skips atexit). Nothing listens on any
 address but 127.0.0.1, and nothing here connects to pod or Service IPs (kwok hands out 10.x
 addresses that exist nowhere).
 """
@@ -103,14 +104,17 @@ def _free_ports(count: int) -> list[int]:
 
 
 def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when the parent dies, even by SIGKILL.
+    """Runs in the child before exec: SIGKILL it when the parent dies without stopping it.
 
+    SIGKILL, not SIGTERM: the whole control plane gets the signal at once, and an apiserver
+    that sees SIGTERM after etcd is gone was seen to hang in its graceful shutdown for good.
+    Nobody is left to wait for a graceful exit anyway, and the data is throw-away.
     The kernel sends the signal when the *thread* that forked exits, so start control planes
     from a thread that lives as long as they should (the main thread in tests and the CLI).
     """
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 @dataclass
