@@ -50,8 +50,9 @@ source weighted equally; the numbers, rounded, live in :mod:`slotune.sim.profile
 Against the 32 reference points of ``../shared/perf/README.md`` the median error is 2.7 % and
 the worst 17.7 % (``tests/unit/sim/test_perf_accuracy.py`` prints the table). Known misses,
 printed there too: Splitwise's TP4/TP8 rows (its stack stops scaling past TP2; we predict
-15-35 % too fast) and two SageServe rows with an 8192-token prompt whose decode is twice as
-slow as every other row.
+them 12-34 % too fast at the median), SageServe's two rows with an 8192-token prompt whose
+decode is twice as slow as every other row, and its 128-token prompts, whose ~12 ms of
+client-side overhead is not part of an engine iteration.
 
 The profiles shipped for simulation (``llama-3-8b-h100`` ...) run the vLLM V1 runtime, whose
 overheads (CUDA graphs for decode, custom all-reduce, asynchronous scheduling) are much lower
@@ -391,6 +392,9 @@ class PerformanceModel:
             t += self.decode_attention_time(decode_seqs, decode_context_tokens)
         if prefill_tokens:
             t += self.prefill_attention_time(prefill_attention_pairs, prefill_context_tokens)
+            if decode_seqs:
+                # A mixed batch runs one varlen attention kernel per layer, not two.
+                t -= self._layers * self._attn_latency
         return t + self._step_overhead + self._per_seq_overhead * num_seqs
 
     def decode_step_time(self, batch_size: int, context_tokens: int) -> float:

@@ -17,8 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from slotune.sim.perf import PerformanceModel
-from slotune.sim.profiles import get_profile
+from slotune.sim.perf import PerformanceModel, PerfProfile
+from slotune.sim.profiles import (
+    A100_SXM_80GB,
+    H100_SXM_80GB,
+    KERNELS_ONLY,
+    LLAMA_2_7B,
+    LLAMA_2_70B,
+    LLAMA_3_8B,
+    get_profile,
+)
 
 PERF_DIR = Path(__file__).parents[3].parent / "shared" / "perf"
 
@@ -212,16 +220,6 @@ def extended_points() -> Iterator[Comparison]:
         "Meta-Llama-3-8B": "llama-3-8b",
         "Llama-2-70b-hf": "llama-2-70b",
     }
-    from slotune.sim.perf import PerfProfile
-    from slotune.sim.profiles import (
-        A100_SXM_80GB,
-        H100_SXM_80GB,
-        KERNELS_ONLY,
-        LLAMA_2_7B,
-        LLAMA_2_70B,
-        LLAMA_3_8B,
-    )
-
     archs = {"llama-2-7b": LLAMA_2_7B, "llama-3-8b": LLAMA_3_8B, "llama-2-70b": LLAMA_2_70B}
     gpus = {"a100": A100_SXM_80GB, "h100": H100_SXM_80GB}
     cache: dict[tuple[str, str, int], PerformanceModel] = {}
