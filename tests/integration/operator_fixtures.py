@@ -38,11 +38,13 @@ def eventually(check: Callable[[], T], timeout: float = 60, what: str = "conditi
     last: Any = None
     while time.monotonic() < deadline:
         try:
-            last = check()
+            result = check()
         except ApiException as error:
-            last = f"ApiException {error.status}"
-        if last:
-            return last  # type: ignore[no-any-return]
+            last = f"ApiException {error.status}: {error.reason}"
+        else:
+            if result:
+                return result
+            last = result
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 

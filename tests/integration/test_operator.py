@@ -197,28 +197,33 @@ def test_create_renders_owned_children_and_turns_ready(
     operator: OperatorProcess, k8s: Any, namespace: str
 ) -> None:
     create(k8s, service("chat", namespace))
-    dep = eventually(lambda: deployment(k8s, namespace, "chat"), 60, "the Deployment")
-    owner = dep.metadata.owner_references[0]
-    assert owner.kind == "LLMService" and owner.controller
-    assert (
-        client.CoreV1Api(k8s).read_namespaced_service("chat", namespace).metadata.owner_references
-    )
-    pdb = client.PolicyV1Api(k8s).read_namespaced_pod_disruption_budget("chat", namespace)
-    assert pdb.metadata.owner_references[0].uid == owner.uid
-
     ready = eventually(
         lambda: condition(o := get(k8s, namespace, "chat"), "Ready").get("status") == "True" and o,
         90,
         f"Ready=True\n{operator.log_tail()}",
     )
+    dep = deployment(k8s, namespace, "chat")
+    owner = dep.metadata.owner_references[0]
+    assert owner.kind == "LLMService" and owner.controller and owner.uid == ready["metadata"]["uid"]
+    svc = client.CoreV1Api(k8s).read_namespaced_service("chat", namespace)
+    assert svc.metadata.owner_references[0].uid == owner.uid
+    pdb = client.PolicyV1Api(k8s).read_namespaced_pod_disruption_budget("chat", namespace)
+    assert pdb.metadata.owner_references[0].uid == owner.uid
+    assert svc.metadata.labels["app.kubernetes.io/managed-by"] == "slotune"
+
     assert condition(ready, "WorkloadReady")["status"] == "True"
     assert condition(ready, "CapacityLimited")["status"] == "False"
     assert condition(ready, "MetricsAvailable")["status"] == "Unknown"
     assert ready["status"]["observedGeneration"] == ready["metadata"]["generation"]
     assert ready["status"]["tuned"] == {"replicas": 1, "maxNumSeqs": 128, "maxBatchedTokens": 8192}
+    assert ready["status"]["readyReplicas"] == 1 and ready["status"]["gpus"] == 1
     pods = client.CoreV1Api(k8s).list_namespaced_pod(namespace).items
-    assert pods and all(p.status.phase == "Running" for p in pods)
-    assert pods[0].spec.node_name.startswith("gpu-") or pods[0].spec.node_name
+    assert len(pods) == 1 and pods[0].status.phase == "Running"
+    node = client.CoreV1Api(k8s).read_node(pods[0].spec.node_name)
+    assert node.metadata.labels["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
+    events = client.CoreV1Api(k8s).list_namespaced_event(namespace).items
+    reasons = {e.reason for e in events if e.involved_object.kind == "LLMService"}
+    assert {"Applied", "Serving"} <= reasons, reasons
 
 
 def test_not_enough_gpus_is_capacity_limited(
@@ -298,7 +303,7 @@ def test_drift_is_reverted_and_paused_objects_are_left_alone(
     eventually(
         lambda: "--max-num-seqs=128" in args_of(deployment(k8s, namespace, "drift")),
         30,
-        "the drift to be reverted",
+        f"the drift to be reverted\n{operator.log_tail(150)}",
     )
 
     custom(k8s).patch_namespaced_custom_object(

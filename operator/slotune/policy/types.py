@@ -1,0 +1,159 @@
+"""The contract every tuning policy implements, shared by the operator and the simulator.
+
+A policy is a pure function of (metrics snapshot, current setting, spec, its own memory, now)
+to a Decision. The operator builds the snapshot from Prometheus; the simulator builds it the
+same way from simulated scrapes; both call the same object, so what `slotune sim` measures is
+what runs. Memory is a small JSON-able dict that the operator keeps in the LLMService status, so
+cooldowns and fitted models survive restarts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from slotune.api.durations import parse_duration
+from slotune.api.spec import LLMServiceSpec
+
+Reason = Literal[
+    "TTFTAboveTarget",
+    "ITLAboveTarget",
+    "E2EAboveTarget",
+    "OverProvisioned",
+    "MetricsStale",
+    "MetricsMissing",
+    "CapacityLimited",
+    "Stabilizing",
+    "Steady",
+    "Initial",
+    "BaselineRule",
+]
+Action = Literal["ScaleUp", "ScaleDown", "Retune", "ScaleAndRetune", "Hold"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The two knobs: replica count and the engine's batch limits."""
+
+    replicas: int
+    max_num_seqs: int
+    max_batched_tokens: int
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """What Prometheus says about one LLMService over the SLO window, summed over its pods.
+
+    Latencies are the quantiles at the SLO's percentiles (seconds); None means the series was
+    absent, never zero. `age_s` is the age of the newest sample, for staleness checks.
+    """
+
+    time_s: float
+    age_s: float
+    request_rate: float | None
+    prompt_token_rate: float | None
+    generation_token_rate: float | None
+    ttft: float | None
+    itl: float | None
+    e2e: float | None
+    waiting: float | None
+    running: float | None
+    kv_cache_usage: float | None
+    ready_replicas: int
+    pending_replicas: int = 0
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """The parts of an LLMService spec a policy reads, in seconds and plain numbers."""
+
+    ttft_target_s: float
+    ttft_percentile: float
+    itl_target_s: float
+    itl_percentile: float
+    e2e_target_s: float | None
+    e2e_percentile: float | None
+    window_s: float
+    min_replicas: int
+    max_replicas: int
+    gpus_per_replica: int
+    gpu_budget: int | None
+    max_num_seqs_bounds: tuple[int, int]
+    max_batched_tokens_bounds: tuple[int, int]
+    scale_up_stabilization_s: float
+    scale_down_stabilization_s: float
+    interval_s: float
+
+    @classmethod
+    def from_spec(cls, spec: LLMServiceSpec) -> PolicySpec:
+        slo, scaling, batching = spec.slo, spec.scaling, spec.batching
+        return cls(
+            ttft_target_s=slo.ttft.seconds,
+            ttft_percentile=slo.ttft.percentile,
+            itl_target_s=slo.itl.seconds,
+            itl_percentile=slo.itl.percentile,
+            e2e_target_s=slo.e2e.seconds if slo.e2e else None,
+            e2e_percentile=slo.e2e.percentile if slo.e2e else None,
+            window_s=parse_duration(slo.window),
+            min_replicas=scaling.min_replicas,
+            max_replicas=scaling.max_replicas,
+            gpus_per_replica=spec.resources.gpus_per_replica,
+            gpu_budget=scaling.gpu_budget,
+            max_num_seqs_bounds=(batching.max_num_seqs.min, batching.max_num_seqs.max),
+            max_batched_tokens_bounds=(
+                batching.max_batched_tokens.min,
+                batching.max_batched_tokens.max,
+            ),
+            scale_up_stabilization_s=parse_duration(scaling.scale_up_stabilization),
+            scale_down_stabilization_s=parse_duration(scaling.scale_down_stabilization),
+            interval_s=parse_duration(spec.tuning.interval),
+        )
+
+    @property
+    def replica_ceiling(self) -> int:
+        """Most replicas allowed by maxReplicas and the GPU budget together."""
+        if self.gpu_budget is None:
+            return self.max_replicas
+        return max(
+            self.min_replicas, min(self.max_replicas, self.gpu_budget // self.gpus_per_replica)
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A policy's answer: the setting it wants, why, and its memory for next time."""
+
+    setting: Setting
+    reason: Reason
+    message: str
+    predicted: Mapping[str, float] = field(default_factory=dict)
+    memory: Mapping[str, Any] = field(default_factory=dict)
+
+    def action(self, current: Setting) -> Action:
+        scale = self.setting.replicas != current.replicas
+        retune = (self.setting.max_num_seqs, self.setting.max_batched_tokens) != (
+            current.max_num_seqs,
+            current.max_batched_tokens,
+        )
+        if scale and retune:
+            return "ScaleAndRetune"
+        if scale:
+            return "ScaleUp" if self.setting.replicas > current.replicas else "ScaleDown"
+        return "Retune" if retune else "Hold"
+
+
+class Policy(Protocol):
+    """Anything that decides a Setting from metrics; see the module docstring."""
+
+    @property
+    def name(self) -> str: ...
+
+    def decide(
+        self,
+        snapshot: MetricsSnapshot | None,
+        current: Setting,
+        spec: PolicySpec,
+        memory: Mapping[str, Any],
+        now_s: float,
+    ) -> Decision: ...
