@@ -4,7 +4,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit venv crd clean
+.PHONY: demo test lint typecheck unit venv crd clean tools
+
+# System tools the tests and the demo run for real: Prometheus and promtool (Debian's package).
+# The Kubernetes binaries and helm are built on first use into ~/.cache/slotune (see sandbox/build.py).
+tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  echo "installing Debian's prometheus package (prometheus, promtool)"; \
+	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q prometheus >/dev/null; }
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +21,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) tools
 	$(BIN)/slotune demo
 
 lint: $(STAMP)
@@ -28,7 +35,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit tests/render
 
-test: lint typecheck
+test: tools lint typecheck
 	$(BIN)/pytest
 
 crd: $(STAMP)

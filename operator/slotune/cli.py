@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true", help="log more")
     run.set_defaults(handler=cmd_run)
 
+    # Subcommands that live with their package register themselves here, one line each.
+
     demo = commands.add_parser("demo", help="show slotune at work on the bundled examples")
     demo.set_defaults(handler=cmd_demo)
     return parser
