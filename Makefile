@@ -11,7 +11,9 @@ STAMP  := $(VENV)/.installed
 tools:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
 	  echo "installing Debian's prometheus package (prometheus, promtool)"; \
-	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q prometheus >/dev/null; }
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q prometheus >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q prometheus >/dev/null; }; }
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
