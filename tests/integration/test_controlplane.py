@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,8 +35,12 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0) ->
 
 
 @pytest.fixture(scope="module")
-def gpu_nodes(control_plane: ControlPlane) -> list[str]:
-    return control_plane.add_gpu_nodes(2, gpus_per_node=GPUS_PER_NODE, name_prefix="cp-test-gpu")
+def gpu_nodes(control_plane: ControlPlane) -> Iterator[list[str]]:
+    names = control_plane.add_gpu_nodes(2, gpus_per_node=GPUS_PER_NODE, name_prefix="cp-test-gpu")
+    yield names
+    # The cluster is shared by the whole session: GPUs left here would let other modules'
+    # "not enough GPUs" pods schedule.
+    control_plane.delete_nodes(names)
 
 
 def alive(pid: int) -> bool:

@@ -764,6 +764,23 @@ class ControlPlane:
             api.close()
         return names
 
+    def delete_nodes(self, names: Sequence[str]) -> None:
+        """Delete fake nodes (already gone is fine); their pods are then garbage-collected."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        api = self.api_client()
+        try:
+            core = client.CoreV1Api(api)
+            for name in names:
+                try:
+                    core.delete_node(name)
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+        finally:
+            api.close()
+
     def _wait_nodes_ready(self, core: Any, names: list[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         pending = set(names)
