@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -109,14 +110,26 @@ def grant_operator_rbac(api: Any) -> None:
 class OperatorProcess:
     """`slotune run` as a child process, with its log in a file."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path, resync_seconds: float = 2) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log_path: Path,
+        resync_seconds: float = 2,
+        prometheus_url: str | None = None,
+    ) -> None:
+        # Default: a loopback port nothing listens on, so metrics are honestly unavailable.
+        self.prometheus_url = prometheus_url or f"http://127.0.0.1:{_free_port()}"
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.resync_seconds = resync_seconds
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "SLOTUNE_PROMETHEUS_URL": self.prometheus_url,
+        }
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -146,6 +159,13 @@ class OperatorProcess:
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def operator_writes(audit_log: Path, since: float, namespace: str | None = None) -> list[str]:

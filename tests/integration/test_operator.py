@@ -213,7 +213,12 @@ def test_create_renders_owned_children_and_turns_ready(
 
     assert condition(ready, "WorkloadReady")["status"] == "True"
     assert condition(ready, "CapacityLimited")["status"] == "False"
-    assert condition(ready, "MetricsAvailable")["status"] == "Unknown"
+    # No Prometheus listens in this test: said so, never read as zero.
+    metrics = condition(ready, "MetricsAvailable")
+    assert (metrics["status"], metrics["reason"]) == ("False", "PrometheusError")
+    assert condition(ready, "SLOMet")["status"] == "Unknown"
+    assert ready["status"]["lastDecision"]["reason"] == "MetricsMissing"
+    assert ready["status"]["lastDecision"]["applied"] is False
     assert ready["status"]["observedGeneration"] == ready["metadata"]["generation"]
     assert ready["status"]["tuned"] == {"replicas": 1, "maxNumSeqs": 128, "maxBatchedTokens": 8192}
     assert ready["status"]["readyReplicas"] == 1 and ready["status"]["gpus"] == 1

@@ -26,7 +26,7 @@ def test_invalid_spec_is_reported_with_its_field_and_nothing_is_applied() -> Non
             "slo": {"ttft": {"target": "1s"}, "itl": {"target": "20ms"}, "window": "5s"},
         },
     }
-    outcome = reconcile(body, Untouchable(), Untouchable(), datetime(2026, 1, 1, tzinfo=UTC))  # type: ignore[arg-type]
+    outcome = reconcile(body, Untouchable(), datetime(2026, 1, 1, tzinfo=UTC))  # type: ignore[arg-type]
     ready = outcome.status_patch["conditions"][0]
     assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "False", "InvalidSpec")
     assert ready["message"].startswith("spec.slo: window must be between 1m and 1h")

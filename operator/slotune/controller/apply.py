@@ -8,6 +8,8 @@ A same-named object that another owner controls is never touched.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -55,26 +57,55 @@ def _controlled_by(live: Mapping[str, Any], uid: str) -> bool:
     )
 
 
+class Resources:
+    """Thread-safe, cached lookup of API resources.
+
+    The kubernetes client's discoverer is not thread-safe: two Kopf handler threads looking up
+    at once corrupted its cache (KeyError 'resources' in discovery.parse_api_groups). It also
+    re-discovers every API group whenever a lookup misses, which a kind that is not served
+    (PodMonitor without the Prometheus operator) would cause on every resync. So lookups go
+    through one lock, and misses are remembered for `missing_ttl_s`.
+    """
+
+    def __init__(self, client: DynamicClient, missing_ttl_s: float = 300.0) -> None:
+        self.client = client
+        self.missing_ttl_s = missing_ttl_s
+        self._found: dict[tuple[str, str], Any] = {}
+        self._missing: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def get(self, api_version: str, kind: str) -> Any | None:
+        key = (api_version, kind)
+        with self._lock:
+            if key in self._found:
+                return self._found[key]
+            missed = self._missing.get(key)
+            if missed is not None and time.monotonic() - missed < self.missing_ttl_s:
+                return None
+            try:
+                found = self.client.resources.get(api_version=api_version, kind=kind)
+            except ResourceNotFoundError:
+                log.warning("%s (%s) is not served by this cluster: skipped", kind, api_version)
+                self._missing[key] = time.monotonic()
+                return None
+            self._found[key] = found
+            return found
+
+
 class Applier:
-    """Applies rendered children through one dynamic client (its API discovery is cached)."""
+    """Applies rendered children through one dynamic client."""
 
     def __init__(self, client: DynamicClient) -> None:
         self.client = client
-        self._missing_kinds: set[str] = set()
+        self.resources = Resources(client)
 
     def apply(self, children: list[dict[str, Any]], owner_uid: str) -> ApplyResult:
         result = ApplyResult([], [])
         for child in children:
             kind, meta = child["kind"], child["metadata"]
-            try:
-                api = self.client.resources.get(api_version=child["apiVersion"], kind=kind)
-            except ResourceNotFoundError:
-                # E.g. PodMonitor without the Prometheus operator: skip, say so once.
-                if kind not in self._missing_kinds:
-                    log.warning(
-                        "%s (%s) is not served by this cluster: skipped", kind, child["apiVersion"]
-                    )
-                    self._missing_kinds.add(kind)
+            api = self.resources.get(child["apiVersion"], kind)
+            if api is None:
+                # E.g. PodMonitor without the Prometheus operator.
                 result.skipped_kinds.append(kind)
                 continue
             try:

@@ -6,6 +6,7 @@ Run with `slotune run` or `kopf run -m slotune.controller.handlers`.
 from __future__ import annotations
 
 import logging
+import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,10 +16,14 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 
+from slotune.api.durations import parse_duration
 from slotune.api.resource import GROUP, PLURAL, VERSION
+from slotune.controller import telemetry
 from slotune.controller.apply import Applier
 from slotune.controller.config import OperatorConfig
-from slotune.controller.reconcile import reconcile
+from slotune.controller.reconcile import Tuner, reconcile
+from slotune.metrics.collector import MetricsCollector
+from slotune.policy.slotune import SlotunePolicy
 
 CONFIG = OperatorConfig.from_env()
 PREFIX = "slotune.dev"
@@ -45,19 +50,45 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.server_timeout = 300
     memo.client = _client()
     memo.applier = Applier(memo.client)
+    memo.tuner = Tuner(MetricsCollector(), SlotunePolicy(), CONFIG.prometheus_url)
+    # When each object was last tuned, in this process. Not persisted: after a restart the
+    # first cycle comes at once, and the policy's own memory (in status) keeps its cooldowns.
+    memo.last_tuned = {}
 
 
-def _sync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
+def _tuning_due(body: kopf.Body, memo: kopf.Memo, now: datetime) -> bool:
+    key = (body.get("metadata", {}).get("namespace"), body.get("metadata", {}).get("name"))
     try:
-        outcome = reconcile(body, memo.client, memo.applier, datetime.now(UTC))
+        interval = parse_duration(body.get("spec", {}).get("tuning", {}).get("interval", "30s"))
+    except ValueError:
+        return False
+    last = memo.last_tuned.get(key)
+    if last is not None and (now - last).total_seconds() < interval:
+        return False
+    memo.last_tuned[key] = now
+    return True
+
+
+@telemetry.timed_reconcile
+def _sync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
+    now = datetime.now(UTC)
+    try:
+        outcome = reconcile(body, memo.applier, now, memo.tuner, _tuning_due(body, memo, now))
     except (ApiException, urllib3.exceptions.HTTPError) as error:
         # The apiserver hiccuped (or RBAC is missing): retry later, never crash the operator.
         reason = getattr(error, "reason", None) or type(error).__name__
         raise kopf.TemporaryError(f"Kubernetes API error: {reason}", delay=10) from error
+    telemetry.observe_outcome(body, outcome.status_patch, outcome.applied)
     for key, value in outcome.status_patch.items():
         patch.status[key] = value
     for type_, reason, message in outcome.events:
         kopf.event(body, type=type_, reason=reason, message=message)
+
+
+@kopf.on.startup()
+def serve_metrics(**_: Any) -> None:
+    # Only when SLOTUNE_METRICS_PORT is set (the chart sets it): a local run opens no port.
+    telemetry.serve_from_env(os.environ)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)

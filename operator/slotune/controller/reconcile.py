@@ -11,16 +11,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError
 from pydantic import ValidationError
 
 from slotune.api.resource import LLMService, ObjectMeta, SpecError, parse_llmservice
 from slotune.api.spec import LLMServiceSpec
 from slotune.api.status import Knobs
-from slotune.controller.apply import Applier, ChildConflict
+from slotune.controller.apply import Applier, ChildConflict, Resources
 from slotune.controller.conditions import ConditionState, Observation, evaluate, merge
+from slotune.controller.tuning import metrics_condition, observed_status, slo_condition, tune
 from slotune.controller.workload import summarize
+from slotune.metrics.collector import MetricsCollector
+from slotune.metrics.snapshot import to_snapshot
+from slotune.policy.types import Policy, PolicySpec
 from slotune.render.render import PAUSED_ANNOTATION, initial_knobs, render_children, selector_labels
 
 
@@ -77,24 +80,66 @@ def _event_type(state: ConditionState) -> str:
     return "Normal" if healthy[state.type] == state.status else "Warning"
 
 
+@dataclass(frozen=True)
+class Tuner:
+    """What a tuning cycle needs: where metrics come from and which policy decides."""
+
+    collector: MetricsCollector
+    policy: Policy
+    default_prometheus_url: str
+
+
 def reconcile(
     body: Mapping[str, Any],
-    client: DynamicClient,
     applier: Applier,
     now: datetime,
-    metrics: ConditionState | None = None,
-    slo: ConditionState | None = None,
+    tuner: Tuner | None = None,
+    tuning_due: bool = False,
 ) -> Outcome:
+    """One pass over one LLMService. With a `tuner`, metrics are read and, when `tuning_due`,
+    the policy decides before the children are applied, so its knobs land in the same pass."""
     outcome = Outcome()
     status: Mapping[str, Any] = body.get("status") or {}
     meta = body.get("metadata", {})
     paused = is_paused(body)
     service, spec_error = _parse(body)
-    observation = Observation(spec_error=spec_error, paused=paused, metrics=metrics, slo=slo)
+    observation = Observation(spec_error=spec_error, paused=paused)
     fields: dict[str, Any] = {"observedGeneration": int(meta.get("generation") or 0)}
 
     if service is not None:
-        knobs = current_knobs(service.spec, status)
+        spec = service.spec
+        knobs = current_knobs(spec, status)
+        workload = summarize(
+            _get(applier.resources, "apps/v1", "Deployment", service.metadata),
+            _pods(applier.resources, service),
+            spec.resources.gpus_per_replica,
+        )
+        metrics_state = slo_state = None
+        if tuner is not None:
+            reading = tuner.collector.read(
+                spec.metrics.prometheus_url or tuner.default_prometheus_url,
+                spec.engine.kind,
+                spec.slo.window,
+                now.timestamp(),
+            )
+            snapshot = None
+            if reading.error is None:
+                snapshot = to_snapshot(
+                    reading.series.get((service.metadata.namespace, service.metadata.name)),
+                    PolicySpec.from_spec(spec),
+                    workload.ready,
+                    workload.pending,
+                    now.timestamp(),
+                )
+            metrics_state = metrics_condition(reading, snapshot)
+            slo_state = slo_condition(snapshot, PolicySpec.from_spec(spec))
+            if snapshot is not None:
+                fields["observed"] = observed_status(snapshot, now)
+            if tuning_due and not paused and spec.tuning.mode != "off":
+                tuned = tune(tuner.policy, spec, knobs, snapshot, status, now)
+                knobs = tuned.knobs
+                fields.update(tuned.status)
+                outcome.events += tuned.events
         conflict = None
         if not paused:
             try:
@@ -102,18 +147,13 @@ def reconcile(
                 outcome.applied = result.applied
             except ChildConflict as error:
                 conflict = str(error)
-        workload = summarize(
-            _get(client, "apps/v1", "Deployment", service.metadata),
-            _pods(client, service),
-            service.spec.resources.gpus_per_replica,
-        )
         observation = Observation(
             spec_error=None,
             conflict=conflict,
             workload=workload,
             paused=paused,
-            metrics=metrics,
-            slo=slo,
+            metrics=metrics_state,
+            slo=slo_state,
         )
         fields.update(
             replicas=workload.replicas,
@@ -136,16 +176,23 @@ def reconcile(
     return outcome
 
 
-def _get(client: DynamicClient, api_version: str, kind: str, meta: ObjectMeta) -> Any:
+def _served(resources: Resources, api_version: str, kind: str) -> Any:
+    api = resources.get(api_version, kind)
+    if api is None:
+        raise RuntimeError(f"the apiserver does not serve {kind} ({api_version})")
+    return api
+
+
+def _get(resources: Resources, api_version: str, kind: str, meta: ObjectMeta) -> Any:
+    api = _served(resources, api_version, kind)
     try:
-        api = client.resources.get(api_version=api_version, kind=kind)
         return api.get(name=meta.name, namespace=meta.namespace).to_dict()
     except NotFoundError:
         return None
 
 
-def _pods(client: DynamicClient, service: LLMService) -> list[Any]:
-    api = client.resources.get(api_version="v1", kind="Pod")
+def _pods(resources: Resources, service: LLMService) -> list[Any]:
+    api = _served(resources, "v1", "Pod")
     selector = ",".join(f"{k}={v}" for k, v in selector_labels(service).items())
     pods = api.get(namespace=service.metadata.namespace, label_selector=selector).to_dict()
     return list(pods.get("items") or [])

@@ -1,0 +1,253 @@
+"""slotune's policy: joint control of the engine batch limit and the replica count.
+
+The idea, in three steps each cycle:
+
+1. Learn how inter-token latency grows with the batch on *this* model and GPU: fit
+   ITL_p = a + b * n (n = requests running per replica) from the observed (n, ITL) pairs, with
+   forgetting, starting from a weak physical prior (b = a / 150, true within 2x for 7B-70B
+   models on A100/H100) so the first decisions are sane before the batch has varied.
+2. Choose the batch limit from the ITL target: the largest n whose predicted ITL stays under
+   the target with a margin. Capping the batch there keeps ITL in check even during a surge;
+   excess requests wait, TTFT rises, and step 3 adds replicas. Changing the limit restarts the
+   servers, so it is changed only when the gain is large and not more often than a cooldown.
+3. Choose the fewest replicas that keep every replica below a utilisation of that batch limit
+   (demand = running + waiting, Little's law) and below the token throughput the fitted model
+   allows, within min/max and the GPU budget. Scale up at once (bounded step) on a predicted
+   or observed violation; scale down only when the smaller count has kept being enough for the
+   whole stabilisation window, one bounded step at a time.
+
+Everything it needs to remember (fit statistics, recommendation history, cooldowns) is in the
+small `memory` dict that the operator keeps in the LLMService status.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from slotune.policy.types import Decision, MetricsSnapshot, PolicySpec, Reason, Setting
+
+STALE_AFTER_S = 60.0
+
+
+@dataclass(frozen=True)
+class SlotuneConfig:
+    """The one default configuration; not tuned per scenario."""
+
+    itl_margin: float = 0.85  # aim the batch limit at 85% of the ITL target
+    target_utilisation: float = 0.75  # demand per replica / batch limit when scaling up
+    scale_down_utilisation: float = 0.6  # ... and the stricter bar for removing a replica
+    ttft_scale_down_bar: float = 0.6  # observed TTFT must be under 60% of target to shrink
+    max_step_up: float = 1.0  # at most double per decision (plus one)
+    max_step_down: float = 0.25  # at most a quarter fewer per decision
+    prior_slope_ratio: float = 1 / 150  # b = a * ratio before the data says otherwise
+    prior_weight: float = 4.0  # pseudo-observations behind the prior
+    forgetting: float = 0.97  # per observation
+    retune_gain: float = 0.3  # change the batch limit only for a >= 30% move
+    retune_cooldown_s: float = 900.0
+    min_observed_batch: float = 0.5  # below this the ITL samples say little about the slope
+
+
+@dataclass(frozen=True)
+class ItlFit:
+    """Weighted least-squares sums of ITL against batch per replica."""
+
+    w: float = 0.0
+    sx: float = 0.0
+    sy: float = 0.0
+    sxx: float = 0.0
+    sxy: float = 0.0
+
+    def add(self, x: float, y: float, weight: float, forgetting: float) -> ItlFit:
+        f = forgetting
+        return ItlFit(
+            self.w * f + weight,
+            self.sx * f + weight * x,
+            self.sy * f + weight * y,
+            self.sxx * f + weight * x * x,
+            self.sxy * f + weight * x * y,
+        )
+
+    def line(self) -> tuple[float, float] | None:
+        """(a, b) of ITL = a + b * n, or None before any data."""
+        if self.w <= 0:
+            return None
+        det = self.w * self.sxx - self.sx * self.sx
+        if det <= 1e-12:
+            return None
+        b = (self.w * self.sxy - self.sx * self.sy) / det
+        a = (self.sy - b * self.sx) / self.w
+        return a, b
+
+
+def _with_prior(fit: ItlFit, x: float, y: float, cfg: SlotuneConfig) -> ItlFit:
+    """Pseudo-observations on the prior line through (x, y) with slope ratio b/a."""
+    a = y / (1 + cfg.prior_slope_ratio * x)
+    b = a * cfg.prior_slope_ratio
+    prior = ItlFit()
+    for n in (1.0, 256.0):
+        prior = prior.add(n, a + b * n, cfg.prior_weight / 2, 1.0)
+    return ItlFit(
+        fit.w + prior.w,
+        fit.sx + prior.sx,
+        fit.sy + prior.sy,
+        fit.sxx + prior.sxx,
+        fit.sxy + prior.sxy,
+    )
+
+
+def _clamp(value: int, low: int, high: int) -> int:
+    return max(low, min(high, value))
+
+
+@dataclass(frozen=True)
+class SlotunePolicy:
+    config: SlotuneConfig = SlotuneConfig()
+
+    @property
+    def name(self) -> str:
+        return "slotune"
+
+    def decide(
+        self,
+        snapshot: MetricsSnapshot | None,
+        current: Setting,
+        spec: PolicySpec,
+        memory: Mapping[str, Any],
+        now_s: float,
+    ) -> Decision:
+        cfg = self.config
+        mem = dict(memory)
+        if snapshot is None:
+            return Decision(current, "MetricsMissing", "no latency metrics: holding", memory=mem)
+        if snapshot.age_s > STALE_AFTER_S:
+            return Decision(
+                current,
+                "MetricsStale",
+                f"newest sample is {snapshot.age_s:.0f}s old: holding",
+                memory=mem,
+            )
+        ready = snapshot.ready_replicas
+        if ready <= 0:
+            return Decision(current, "Stabilizing", "no replica ready yet: holding", memory=mem)
+
+        # 1. Fit ITL against batch per replica.
+        fit = ItlFit(**mem.get("fit", {}))
+        per_replica = (snapshot.running or 0.0) / ready
+        if snapshot.itl is not None and per_replica >= cfg.min_observed_batch:
+            fit = fit.add(per_replica, snapshot.itl, 1.0, cfg.forgetting)
+            mem["fit"] = fit.__dict__
+            mem["anchor"] = [per_replica, snapshot.itl]
+        anchor = mem.get("anchor")
+        line = _with_prior(fit, anchor[0], anchor[1], cfg).line() if anchor else None
+
+        # 2. The batch limit the ITL target allows.
+        seqs_low, seqs_high = spec.max_num_seqs_bounds
+        batch_limit = current.max_num_seqs
+        itl_goal = spec.itl_target_s * cfg.itl_margin
+        if line is not None:
+            a, b = line
+            if b > 1e-9 and a < itl_goal:
+                batch_limit = _clamp(int((itl_goal - a) / b), seqs_low, seqs_high)
+            elif a >= itl_goal:
+                batch_limit = seqs_low  # the model cannot meet the ITL target at any batch
+            else:
+                batch_limit = seqs_high
+        retune = batch_limit
+        last_retune = float(mem.get("lastRetune", -math.inf))
+        gain = abs(batch_limit - current.max_num_seqs) / max(current.max_num_seqs, 1)
+        itl_violated = snapshot.itl is not None and snapshot.itl > spec.itl_target_s
+        if not (
+            gain >= cfg.retune_gain
+            and (
+                now_s - last_retune >= cfg.retune_cooldown_s
+                or (itl_violated and batch_limit < current.max_num_seqs)
+            )
+        ):
+            retune = current.max_num_seqs
+
+        # 3. Replicas for the demand at the chosen limit.
+        demand = (snapshot.running or 0.0) + (snapshot.waiting or 0.0)
+        needed_up = math.ceil(demand / (cfg.target_utilisation * retune)) if demand else 0
+        needed_down = math.ceil(demand / (cfg.scale_down_utilisation * retune)) if demand else 0
+        ttft = snapshot.ttft
+        reason: Reason = "Steady"
+        message = "latencies within target"
+        if ttft is not None and ttft > spec.ttft_target_s:
+            grow = math.ceil(ready * min(2.0, max(1.25, ttft / spec.ttft_target_s)))
+            needed_up = max(needed_up, grow)
+            reason, message = (
+                "TTFTAboveTarget",
+                f"p{spec.ttft_percentile:g} TTFT {ttft:.3f}s > {spec.ttft_target_s:g}s",
+            )
+        elif itl_violated and retune >= current.max_num_seqs:
+            needed_up = max(needed_up, ready + 1)
+            reason, message = (
+                "ITLAboveTarget",
+                f"p{spec.itl_percentile:g} ITL {snapshot.itl:.4f}s > {spec.itl_target_s:g}s",
+            )
+        elif snapshot.e2e is not None and spec.e2e_target_s and snapshot.e2e > spec.e2e_target_s:
+            needed_up = max(needed_up, ready + 1)
+            reason, message = "E2EAboveTarget", f"E2E {snapshot.e2e:.2f}s > {spec.e2e_target_s:g}s"
+        ceiling = spec.replica_ceiling
+        floor = spec.min_replicas
+
+        # Scale-down stabilisation: the largest small-enough count over the window.
+        history = [
+            h for h in mem.get("history", []) if now_s - h[0] < spec.scale_down_stabilization_s
+        ]
+        safe_to_shrink = ttft is None or ttft < cfg.ttft_scale_down_bar * spec.ttft_target_s
+        history.append([now_s, max(needed_down, floor) if safe_to_shrink else current.replicas])
+        mem["history"] = history[-64:]
+        down_target = max(h[1] for h in history)
+
+        target = current.replicas
+        if needed_up > current.replicas:
+            step = current.replicas + max(1, math.ceil(current.replicas * cfg.max_step_up))
+            target = min(needed_up, step)
+            if reason == "Steady":
+                reason, message = (
+                    "TTFTAboveTarget",
+                    f"demand {demand:.0f} needs {needed_up} replicas at batch {retune}",
+                )
+        elif down_target < current.replicas:
+            step = current.replicas - max(1, math.floor(current.replicas * cfg.max_step_down))
+            target = max(down_target, step)
+            reason, message = (
+                "OverProvisioned",
+                f"demand {demand:.0f} fits {down_target} replicas at batch {retune}",
+            )
+
+        # Capacity: never add replicas that cannot be scheduled.
+        if target > current.replicas and snapshot.pending_replicas > 0:
+            target = current.replicas
+            reason, message = (
+                "CapacityLimited",
+                f"{snapshot.pending_replicas} replica(s) Pending: not adding more",
+            )
+        elif target > ceiling:
+            target = ceiling
+            if target <= current.replicas:
+                reason = "CapacityLimited"
+                message = (
+                    f"needs {needed_up} replicas; limited to {ceiling} by maxReplicas/gpuBudget"
+                )
+        target = _clamp(target, floor, max(ceiling, floor))
+
+        if retune != current.max_num_seqs:
+            mem["lastRetune"] = now_s
+            if reason == "Steady":
+                reason = "ITLAboveTarget" if retune < current.max_num_seqs else "OverProvisioned"
+                message = (
+                    f"batch limit {current.max_num_seqs} -> {retune} from the fitted ITL model"
+                )
+        tokens_low, tokens_high = spec.max_batched_tokens_bounds
+        tokens = _clamp(max(current.max_batched_tokens, retune), tokens_low, tokens_high)
+        predicted = {}
+        if line is not None and ready:
+            a, b = line
+            predicted["itl"] = a + b * min(retune, demand / max(target, 1))
+        setting = replace(current, replicas=target, max_num_seqs=retune, max_batched_tokens=tokens)
+        return Decision(setting, reason, message, predicted=predicted, memory=mem)
