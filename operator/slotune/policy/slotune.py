@@ -4,8 +4,10 @@ The idea, in three steps each cycle:
 
 1. Learn how inter-token latency grows with the batch on *this* model and GPU: fit
    ITL_p = a + b * n (n = requests running per replica) from the observed (n, ITL) pairs, with
-   forgetting, starting from a weak physical prior (b = a / 150, true within 2x for 7B-70B
-   models on A100/H100) so the first decisions are sane before the batch has varied.
+   forgetting, starting from a weak prior (b = a / 100: a decode step's cost at ~1.5k tokens
+   of context for 8B-70B models on H100) so the first decisions are sane before the load has
+   varied. The percentile ITL includes the stalls that prefill chunks cause, which also grow
+   with the load per replica, so the fit is empirical, not a decode-step model.
 2. Choose the batch limit from the ITL target: the largest n whose predicted ITL stays under
    the target with a margin. Capping the batch there keeps ITL in check even during a surge;
    excess requests wait, TTFT rises, and step 3 adds replicas. Changing the limit restarts the
@@ -23,7 +25,7 @@ small `memory` dict that the operator keeps in the LLMService status.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -42,7 +44,7 @@ class SlotuneConfig:
     ttft_scale_down_bar: float = 0.6  # observed TTFT must be under 60% of target to shrink
     max_step_up: float = 1.0  # at most double per decision (plus one)
     max_step_down: float = 0.25  # at most a quarter fewer per decision
-    prior_slope_ratio: float = 1 / 150  # b = a * ratio before the data says otherwise
+    prior_slope_ratio: float = 1 / 100  # b = a * ratio before the data says otherwise
     prior_weight: float = 4.0  # pseudo-observations behind the prior
     forgetting: float = 0.97  # per observation
     retune_gain: float = 0.3  # change the batch limit only for a >= 30% move
@@ -98,6 +100,43 @@ def _with_prior(fit: ItlFit, x: float, y: float, cfg: SlotuneConfig) -> ItlFit:
     )
 
 
+def _concurrency_model(
+    snapshot: MetricsSnapshot, line: tuple[float, float] | None, demand: float
+) -> Callable[[int], float]:
+    """Predicted requests in flight per replica if there were `r` replicas.
+
+    Little's law with the fitted ITL: a replica with arrival rate L/r holds n = (L/r) *
+    (TTFT + O * ITL(n)) requests (O = output tokens per request), which gives n in closed
+    form for ITL(n) = a + b n; it grows faster than 1/r, which a plain "demand / r" misses.
+    Never below the measured demand spread over r (arrivals that are queued do not show in
+    the finished-request rate).
+    """
+    rate = snapshot.request_rate or 0.0
+    output = (snapshot.generation_token_rate or 0.0) / rate if rate > 0 else 0.0
+    first = snapshot.ttft or 0.0
+
+    def per_replica(r: int) -> float:
+        spread = demand / r
+        if line is None or rate <= 0 or output <= 0:
+            return spread
+        a, b = line
+        k = rate / r
+        denominator = 1 - k * output * max(b, 0.0)
+        if denominator <= 0:
+            return math.inf
+        return max(spread, k * (first + output * a) / denominator)
+
+    return per_replica
+
+
+def _fewest(concurrency: Callable[[int], float], limit: float, ceiling: int) -> int:
+    """The fewest replicas (up to ceiling + 1, meaning "more than allowed") under `limit`."""
+    for replicas in range(1, ceiling + 1):
+        if concurrency(replicas) <= limit:
+            return replicas
+    return ceiling + 1
+
+
 def _clamp(value: int, low: int, high: int) -> int:
     return max(low, min(high, value))
 
@@ -143,18 +182,17 @@ class SlotunePolicy:
         anchor = mem.get("anchor")
         line = _with_prior(fit, anchor[0], anchor[1], cfg).line() if anchor else None
 
-        # 2. The batch limit the ITL target allows.
+        # 2. The concurrency per replica at which the fitted ITL reaches the goal. It sizes
+        # replicas, and becomes the batch limit when moving there is worth a restart.
         seqs_low, seqs_high = spec.max_num_seqs_bounds
-        batch_limit = current.max_num_seqs
         itl_goal = spec.itl_target_s * cfg.itl_margin
+        capacity = float(current.max_num_seqs)
         if line is not None:
             a, b = line
-            if b > 1e-9 and a < itl_goal:
-                batch_limit = _clamp(int((itl_goal - a) / b), seqs_low, seqs_high)
-            elif a >= itl_goal:
-                batch_limit = seqs_low  # the model cannot meet the ITL target at any batch
-            else:
-                batch_limit = seqs_high
+            at_goal = (itl_goal - a) / b if b > 1e-9 else math.inf
+            # Far outside the data the line is a guess: move at most 2x per decision.
+            capacity = min(max(at_goal, current.max_num_seqs / 2), current.max_num_seqs * 2.0)
+        batch_limit = _clamp(int(capacity), seqs_low, seqs_high)
         retune = batch_limit
         last_retune = float(mem.get("lastRetune", -math.inf))
         gain = abs(batch_limit - current.max_num_seqs) / max(current.max_num_seqs, 1)
@@ -168,57 +206,65 @@ class SlotunePolicy:
         ):
             retune = current.max_num_seqs
 
-        # 3. Replicas for the demand at the chosen limit.
+        # 3. Replicas: the fewest whose predicted concurrency per replica stays below both the
+        # batch limit (beyond it requests queue) and the concurrency at which ITL hits the goal.
+        per_replica_cap = max(1.0, min(float(retune), capacity))
+        ceiling, floor = spec.replica_ceiling, spec.min_replicas
         demand = (snapshot.running or 0.0) + (snapshot.waiting or 0.0)
-        needed_up = math.ceil(demand / (cfg.target_utilisation * retune)) if demand else 0
-        needed_down = math.ceil(demand / (cfg.scale_down_utilisation * retune)) if demand else 0
+        concurrency = _concurrency_model(snapshot, line, demand)
+        needed_up = _fewest(concurrency, cfg.target_utilisation * per_replica_cap, ceiling)
+        needed_down = _fewest(concurrency, cfg.scale_down_utilisation * per_replica_cap, ceiling)
         ttft = snapshot.ttft
         reason: Reason = "Steady"
         message = "latencies within target"
         if ttft is not None and ttft > spec.ttft_target_s:
             grow = math.ceil(ready * min(2.0, max(1.25, ttft / spec.ttft_target_s)))
             needed_up = max(needed_up, grow)
-            reason, message = (
-                "TTFTAboveTarget",
-                f"p{spec.ttft_percentile:g} TTFT {ttft:.3f}s > {spec.ttft_target_s:g}s",
-            )
-        elif itl_violated and retune >= current.max_num_seqs:
-            needed_up = max(needed_up, ready + 1)
-            reason, message = (
-                "ITLAboveTarget",
-                f"p{spec.itl_percentile:g} ITL {snapshot.itl:.4f}s > {spec.itl_target_s:g}s",
-            )
+            reason = "TTFTAboveTarget"
+            message = f"p{spec.ttft_percentile:g} TTFT {ttft:.3f}s > {spec.ttft_target_s:g}s"
+        elif itl_violated:
+            if retune >= current.max_num_seqs:
+                needed_up = max(needed_up, ready + 1)
+            reason = "ITLAboveTarget"
+            message = f"p{spec.itl_percentile:g} ITL {snapshot.itl:.4f}s > {spec.itl_target_s:g}s"
         elif snapshot.e2e is not None and spec.e2e_target_s and snapshot.e2e > spec.e2e_target_s:
             needed_up = max(needed_up, ready + 1)
             reason, message = "E2EAboveTarget", f"E2E {snapshot.e2e:.2f}s > {spec.e2e_target_s:g}s"
-        ceiling = spec.replica_ceiling
-        floor = spec.min_replicas
 
-        # Scale-down stabilisation: the largest small-enough count over the window.
+        # Scale-down stabilisation as HPA does it: act on the largest recommendation of the
+        # window, so one quiet sample cannot undo a scale-up.
         history = [
             h for h in mem.get("history", []) if now_s - h[0] < spec.scale_down_stabilization_s
-        ]
+        ] or [[now_s, current.replicas]]
         safe_to_shrink = ttft is None or ttft < cfg.ttft_scale_down_bar * spec.ttft_target_s
-        history.append([now_s, max(needed_down, floor) if safe_to_shrink else current.replicas])
-        mem["history"] = history[-64:]
-        down_target = max(h[1] for h in history)
+        recommendation = max(needed_down, floor) if safe_to_shrink else current.replicas
+        down_target = max([h[1] for h in history] + [recommendation])
 
         target = current.replicas
         if needed_up > current.replicas:
             step = current.replicas + max(1, math.ceil(current.replicas * cfg.max_step_up))
             target = min(needed_up, step)
             if reason == "Steady":
-                reason, message = (
-                    "TTFTAboveTarget",
-                    f"demand {demand:.0f} needs {needed_up} replicas at batch {retune}",
+                itl_bound = capacity < retune
+                reason = "ITLAboveTarget" if itl_bound else "TTFTAboveTarget"
+                message = (
+                    f"predicted: {needed_up} replicas keep each below "
+                    f"{per_replica_cap:.0f} concurrent requests"
                 )
         elif down_target < current.replicas:
             step = current.replicas - max(1, math.floor(current.replicas * cfg.max_step_down))
             target = max(down_target, step)
-            reason, message = (
-                "OverProvisioned",
-                f"demand {demand:.0f} fits {down_target} replicas at batch {retune}",
+            reason = "OverProvisioned"
+            message = (
+                f"demand {demand:.0f} fits {down_target} replicas for "
+                f"{spec.scale_down_stabilization_s:g}s"
             )
+        # A scale-up is remembered as a recommendation too, so the next quiet sample cannot
+        # take it back before the window has passed.
+        history.append(
+            [now_s, max(recommendation, target) if target > current.replicas else recommendation]
+        )
+        mem["history"] = history[-64:]
 
         # Capacity: never add replicas that cannot be scheduled.
         if target > current.replicas and snapshot.pending_replicas > 0:

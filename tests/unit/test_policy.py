@@ -1,0 +1,192 @@
+"""The slotune policy: reason codes on hand-made snapshots, and properties on generated ones."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from slotune.api.resource import parse_spec
+from slotune.policy.slotune import SlotunePolicy
+from slotune.policy.types import MetricsSnapshot, PolicySpec, Setting
+
+SPEC = PolicySpec.from_spec(
+    parse_spec(
+        {
+            "model": {"name": "m"},
+            "slo": {"ttft": {"target": "500ms"}, "itl": {"target": "25ms"}},
+            "scaling": {"minReplicas": 1, "maxReplicas": 16, "scaleDownStabilization": "5m"},
+        }
+    )
+)
+POLICY = SlotunePolicy()
+CURRENT = Setting(replicas=4, max_num_seqs=128, max_batched_tokens=8192)
+
+
+def snap(**changes: Any) -> MetricsSnapshot:
+    base = dict(
+        time_s=1000.0,
+        age_s=5.0,
+        request_rate=20.0,
+        prompt_token_rate=20_000.0,
+        generation_token_rate=4000.0,
+        ttft=0.2,
+        itl=0.018,
+        e2e=5.0,
+        waiting=0.0,
+        running=240.0,
+        kv_cache_usage=0.4,
+        ready_replicas=4,
+        pending_replicas=0,
+    )
+    return MetricsSnapshot(**{**base, **changes})
+
+
+# Memory of a policy that retuned recently: isolates replica decisions from batch changes.
+SETTLED: dict[str, Any] = {"lastRetune": 990.0}
+
+
+def test_missing_metrics_hold() -> None:
+    decision = POLICY.decide(None, CURRENT, SPEC, {}, 1000.0)
+    assert decision.reason == "MetricsMissing" and decision.setting == CURRENT
+
+
+def test_stale_metrics_hold() -> None:
+    decision = POLICY.decide(snap(age_s=300, ttft=5.0), CURRENT, SPEC, {}, 1000.0)
+    assert decision.reason == "MetricsStale" and decision.setting == CURRENT
+
+
+def test_ttft_violation_scales_up_at_once() -> None:
+    decision = POLICY.decide(snap(ttft=1.5, waiting=200), CURRENT, SPEC, SETTLED, 1000.0)
+    assert decision.reason == "TTFTAboveTarget"
+    assert 4 < decision.setting.replicas <= 9  # bounded step: at most double plus one
+    assert decision.action(CURRENT) in ("ScaleUp", "ScaleAndRetune")
+
+
+def test_itl_violation_lowers_the_batch_limit() -> None:
+    # ITL 40 ms at 60 running per replica: the fitted line puts the limit well below 128.
+    decision = POLICY.decide(snap(itl=0.040), CURRENT, SPEC, {}, 1000.0)
+    assert decision.reason == "ITLAboveTarget"
+    assert decision.setting.max_num_seqs < CURRENT.max_num_seqs
+
+
+def test_over_provisioned_scales_down_only_after_stabilisation() -> None:
+    quiet = snap(running=20.0, ttft=0.1, itl=0.012, request_rate=2.0)
+    memory: dict[str, Any] = dict(SETTLED)
+    first = POLICY.decide(quiet, CURRENT, SPEC, memory, 1000.0)
+    assert first.setting.replicas == CURRENT.replicas  # history still holds the old need
+    memory = dict(first.memory)
+    for t in range(1030, 1000 + 330, 30):
+        decision = POLICY.decide(replace(quiet, time_s=t), CURRENT, SPEC, memory, float(t))
+        memory = dict(decision.memory)
+    assert decision.reason == "OverProvisioned"
+    assert decision.setting.replicas == 3  # at most a quarter fewer per step
+
+
+def test_pending_replicas_are_capacity_limited() -> None:
+    decision = POLICY.decide(
+        snap(ttft=2.0, waiting=100, pending_replicas=1), CURRENT, SPEC, SETTLED, 1000.0
+    )
+    assert decision.reason == "CapacityLimited" and decision.setting.replicas == 4
+
+
+def test_gpu_budget_caps_replicas() -> None:
+    spec = replace(SPEC, gpu_budget=5)
+    decision = POLICY.decide(snap(ttft=2.0, waiting=400), CURRENT, spec, SETTLED, 1000.0)
+    assert decision.setting.replicas == 5
+
+
+def test_steady_load_holds() -> None:
+    decision = POLICY.decide(snap(), CURRENT, SPEC, SETTLED | {"history": [[900.0, 4]]}, 1000.0)
+    assert decision.reason == "Steady" and decision.setting == CURRENT
+
+
+snapshots = st.builds(
+    snap,
+    age_s=st.floats(0, 120),
+    ttft=st.one_of(st.none(), st.floats(0.01, 10)),
+    itl=st.one_of(st.none(), st.floats(0.002, 0.2)),
+    waiting=st.one_of(st.none(), st.floats(0, 2000)),
+    running=st.one_of(st.none(), st.floats(0, 4000)),
+    ready_replicas=st.integers(0, 16),
+    pending_replicas=st.integers(0, 3),
+)
+settings_ = st.builds(
+    Setting,
+    replicas=st.integers(1, 16),
+    max_num_seqs=st.integers(8, 512),
+    max_batched_tokens=st.integers(2048, 16384),
+)
+
+
+@settings(max_examples=300)
+@given(snapshots, settings_)
+def test_outputs_stay_within_bounds(snapshot: MetricsSnapshot, current: Setting) -> None:
+    decision = POLICY.decide(snapshot, current, SPEC, {}, 1000.0)
+    s = decision.setting
+    assert SPEC.min_replicas <= s.replicas <= SPEC.replica_ceiling
+    assert SPEC.max_num_seqs_bounds[0] <= s.max_num_seqs <= SPEC.max_num_seqs_bounds[1]
+    low, high = SPEC.max_batched_tokens_bounds
+    assert low <= s.max_batched_tokens <= high and s.max_batched_tokens >= s.max_num_seqs
+    assert isinstance(decision.message, str) and decision.message
+
+
+@settings(max_examples=300)
+@given(snapshots, settings_, st.floats(1.0, 4.0))
+def test_more_load_never_means_fewer_replicas(
+    snapshot: MetricsSnapshot, current: Setting, factor: float
+) -> None:
+    more = replace(
+        snapshot,
+        running=None if snapshot.running is None else snapshot.running * factor,
+        waiting=None if snapshot.waiting is None else snapshot.waiting * factor,
+        request_rate=(snapshot.request_rate or 0) * factor,
+    )
+    low = POLICY.decide(snapshot, current, SPEC, SETTLED, 1000.0)
+    high = POLICY.decide(more, current, SPEC, SETTLED, 1000.0)
+    assert high.setting.replicas >= low.setting.replicas
+
+
+@settings(max_examples=200)
+@given(snapshots, settings_)
+def test_stale_metrics_never_change_anything(snapshot: MetricsSnapshot, current: Setting) -> None:
+    stale = replace(snapshot, age_s=61 + snapshot.age_s)
+    assert POLICY.decide(stale, current, SPEC, {}, 1000.0).setting == current
+
+
+def plant(setting: Setting, rate: float, now: float) -> MetricsSnapshot:
+    """A toy replica model: ITL = 6 ms + 0.08 ms x batch, 200 output tokens per request."""
+    a, b, out = 0.006, 0.00008, 200
+    per_replica = rate / setting.replicas
+    denominator = 1 - per_replica * out * b
+    n = per_replica * out * a / denominator if denominator > 0 else math.inf
+    if n <= setting.max_num_seqs:
+        running, waiting, ttft = n * setting.replicas, 0.0, 0.15 + 0.3 * n / setting.max_num_seqs
+    else:
+        n = setting.max_num_seqs
+        running, waiting, ttft = n * setting.replicas, 50.0 * setting.replicas, 3.0
+    return snap(
+        time_s=now, request_rate=rate, running=running, waiting=waiting, ttft=ttft,
+        itl=(a + b * n) * 1.15, ready_replicas=setting.replicas,
+    )  # fmt: skip
+
+
+@settings(max_examples=30)
+@given(st.floats(2.0, 60.0))
+def test_constant_load_converges_without_flapping(rate: float) -> None:
+    current, memory = Setting(1, 128, 8192), {}
+    seen: list[Setting] = []
+    for step in range(120):  # one hour at 30 s
+        now = 1000.0 + 30 * step
+        decision = POLICY.decide(plant(current, rate, now), current, SPEC, memory, now)
+        current, memory = decision.setting, dict(decision.memory)
+        seen.append(current)
+    tail = seen[-40:]
+    assert max(s.replicas for s in tail) - min(s.replicas for s in tail) <= 1
+    assert len({s.max_num_seqs for s in tail}) == 1
+    final = plant(current, rate, 0)
+    assert final.ttft is not None and final.ttft <= SPEC.ttft_target_s
+    assert final.itl is not None and final.itl <= SPEC.itl_target_s
