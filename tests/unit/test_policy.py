@@ -169,7 +169,8 @@ def plant(setting: Setting, rate: float, now: float) -> MetricsSnapshot:
         n = setting.max_num_seqs
         running, waiting, ttft = n * setting.replicas, 50.0 * setting.replicas, 3.0
     return snap(
-        time_s=now, request_rate=rate, running=running, waiting=waiting, ttft=ttft,
+        time_s=now, request_rate=rate, generation_token_rate=rate * out,
+        running=running, waiting=waiting, ttft=ttft,
         itl=(a + b * n) * 1.15, ready_replicas=setting.replicas,
     )  # fmt: skip
 
