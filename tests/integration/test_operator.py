@@ -6,7 +6,6 @@ It runs as its own process with a ServiceAccount token bound to the chart's RBAC
 from __future__ import annotations
 
 import copy
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,14 +163,7 @@ def test_apiserver_and_models_reject_the_same_objects(
 
 
 def kubectl(cp: ControlPlane, *args: str) -> str:
-    result = subprocess.run(
-        ["kubectl", f"--kubeconfig={cp.kubeconfig}", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return result.stdout
+    return cp.kubectl(*args)
 
 
 def test_kubectl_explains_and_prints_columns(

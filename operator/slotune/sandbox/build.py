@@ -1,12 +1,12 @@
 """Build the local control plane's binaries from the Go module proxy.
 
 There is no Docker engine and no download site for release binaries here, only the Go module
-proxy, so kube-apiserver, kube-controller-manager, kube-scheduler, etcd, kwok and helm are
+proxy, so kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd, kwok and helm are
 compiled with the machine's own Go toolchain into a cache outside the repository:
 ``$SLOTUNE_CACHE/bin/<k8s-version>/`` (``~/.cache/slotune`` by default).
 
 Run ``python -m slotune.sandbox.build`` to build (or check) everything; other code calls
-:func:`ensure_binaries`, which builds only what is missing and needs no network once all six
+:func:`ensure_binaries`, which builds only what is missing and needs no network once all seven
 binaries are there.
 """
 
@@ -34,7 +34,8 @@ K8S_VERSION = os.environ.get("SLOTUNE_K8S_VERSION", "v1.34.4")
 KWOK_VERSION = os.environ.get("SLOTUNE_KWOK_VERSION", "v0.8.0")
 HELM_VERSION = os.environ.get("SLOTUNE_HELM_VERSION", "v3.22.0")
 
-K8S_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+# kubectl too: the machine's own (or PyPI's) is several minors off the apiserver's version.
+K8S_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 ALL_BINARIES = (*K8S_COMMANDS, "etcd", "kwok", "helm")
 
 # How often a long `go build` reports that it is still alive.

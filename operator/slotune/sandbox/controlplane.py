@@ -687,9 +687,11 @@ class ControlPlane:
 
     def kubectl(self, *args: str, check: bool = True, input_: str | None = None) -> str:
         """Run kubectl against this cluster as admin and return its stdout."""
-        exe = shutil.which("kubectl")
+        # The kubectl built with the control plane matches its version; PATH's is a fallback.
+        built = self.bin_dir / "kubectl"
+        exe = str(built) if built.is_file() else shutil.which("kubectl")
         if exe is None:
-            raise ControlPlaneError("kubectl is not on PATH")
+            raise ControlPlaneError("kubectl is not built and not on PATH")
         proc = subprocess.run(
             [exe, f"--kubeconfig={self.kubeconfig}", *args],
             input=input_,
