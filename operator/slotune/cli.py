@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -153,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=cmd_run)
 
     # Subcommands that live with their package register themselves here, one line each.
+    importlib.import_module("slotune.emulator.cli").register(commands)
 
     demo = commands.add_parser("demo", help="show slotune at work on the bundled examples")
     demo.set_defaults(handler=cmd_demo)
