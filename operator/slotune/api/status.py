@@ -89,6 +89,29 @@ class Decision(ApiModel):
     applied: bool = Field(default=False, description="False in advise mode or while paused.")
 
 
+class AlertBucket(ApiModel):
+    """Which histogram bucket an SLO alert counts with, and how far it is from the target.
+
+    Histograms only count requests per bucket, so an alert can measure "over the target"
+    exactly only when the target is a bucket boundary of the engine; otherwise it counts
+    against the nearest boundary below the target (stricter than the SLO).
+    """
+
+    objective: Literal["ttft", "itl", "e2e"] = Field(description="The latency objective.")
+    metric: str = Field(description="The engine histogram the alert reads.")
+    target_seconds: Seconds = Field(description="The objective's target, in seconds.")
+    bucket_seconds: Seconds = Field(
+        description="The bucket boundary (le) the alert counts with, in seconds."
+    )
+    offset_percent: float = Field(
+        description=(
+            "How far the bucket is from the target, in percent of the target: 0 is exact, "
+            "negative means the alert is stricter than the SLO, positive more lenient."
+        )
+    )
+    message: str = Field(default="", description="What the offset means, and how to remove it.")
+
+
 class LLMServiceStatus(ApiModel):
     """Observed state of an LLMService."""
 
@@ -107,6 +130,13 @@ class LLMServiceStatus(ApiModel):
     tuned: Knobs | None = Field(default=None, description="Knob values slotune set last.")
     observed: Observed | None = Field(default=None, description="Latest metrics.")
     last_decision: Decision | None = Field(default=None, description="The latest decision.")
+    alert_buckets: list[AlertBucket] = Field(
+        default_factory=list,
+        description=(
+            "Per objective, the histogram bucket the SLO burn-rate alerts count with and how far "
+            "it is from the target (non-zero when the target is not a bucket boundary)."
+        ),
+    )
     policy_memory: dict[str, Any] = Field(
         default_factory=dict,
         description="The tuner's memory (cooldowns, fitted model); kept here to survive restarts.",
