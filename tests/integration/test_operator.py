@@ -356,3 +356,28 @@ def test_steady_state_and_restart_write_nothing(
     time.sleep(10)  # start-up, resume handler, resyncs
     assert operator_writes(audit, since, namespace) == [], operator.log_tail()
     assert condition(get(k8s, namespace, "quiet"), "Ready")["status"] == "True"
+
+
+def test_external_scaling_mode_never_writes_replicas(
+    operator: OperatorProcess, k8s: Any, namespace: str, control_plane: ControlPlane
+) -> None:
+    create(k8s, service("hpa-owned", namespace, scaling={"mode": "external", "maxReplicas": 4}))
+    eventually(
+        lambda: condition(get(k8s, namespace, "hpa-owned"), "Ready").get("status") == "True",
+        90,
+        "Ready=True",
+    )
+    assert deployment(k8s, namespace, "hpa-owned").spec.replicas == 1  # default: none sent
+    # An HPA (here: a person) scales the Deployment; slotune must leave the count alone.
+    client.AppsV1Api(k8s).patch_namespaced_deployment_scale(
+        "hpa-owned", namespace, {"spec": {"replicas": 3}}
+    )
+    since = time.time()
+    time.sleep(8)  # several resyncs
+    assert deployment(k8s, namespace, "hpa-owned").spec.replicas == 3
+    writes = operator_writes(control_plane.audit_log, since, namespace)
+    assert not [w for w in writes if "deployments" in w], writes
+    # It still reports on the service and keeps tuning batch flags.
+    status = get(k8s, namespace, "hpa-owned")["status"]
+    assert status["tuned"] == {"replicas": 3, "maxNumSeqs": 128, "maxBatchedTokens": 8192}
+    assert status["replicas"] == 3

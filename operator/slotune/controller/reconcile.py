@@ -114,6 +114,9 @@ def reconcile(
             _pods(applier.resources, service),
             spec.resources.gpus_per_replica,
         )
+        if spec.scaling.mode == "external" and workload.exists:
+            # Replicas belong to an HPA or a person: report and reason about their count.
+            knobs = knobs.model_copy(update={"replicas": workload.desired})
         metrics_state = slo_state = None
         if tuner is not None:
             reading = tuner.collector.read(
