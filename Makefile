@@ -40,8 +40,10 @@ unit: $(STAMP)
 test: tools lint typecheck
 	$(BIN)/pytest
 
+# The Helm chart installs a byte-for-byte copy of the CRD (tests/chart checks it).
 crd: $(STAMP)
 	$(BIN)/slotune crd > crds/slotune.dev_llmservices.yaml
+	cp crds/slotune.dev_llmservices.yaml charts/slotune/files/crd.yaml
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -15,6 +15,8 @@ import yaml
 from slotune import __version__
 
 EXIT_USAGE = 2
+LOG_LEVELS = {"debug": "DEBUG", "info": "INFO", "warning": "WARNING", "error": "ERROR"}
+LOG_FORMATS = ("plain", "full", "json")
 
 
 class CliError(Exception):
@@ -91,11 +93,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         os.environ["SLOTUNE_RESYNC_SECONDS"] = str(args.resync_seconds)
     if args.prometheus_url:
         os.environ["SLOTUNE_PROMETHEUS_URL"] = args.prometheus_url
+    # The Helm chart configures logging through the environment; --verbose wins.
+    level = "debug" if args.verbose else os.environ.get("SLOTUNE_LOG_LEVEL", "info").lower()
+    log_format = os.environ.get("SLOTUNE_LOG_FORMAT", "full").lower()
+    if level not in LOG_LEVELS:
+        raise CliError(f"SLOTUNE_LOG_LEVEL={level!r}: use one of {', '.join(LOG_LEVELS)}")
+    if log_format not in LOG_FORMATS:
+        raise CliError(f"SLOTUNE_LOG_FORMAT={log_format!r}: use one of {', '.join(LOG_FORMATS)}")
+    import logging
+
     import kopf
 
     import slotune.controller.handlers  # noqa: F401  (registers the handlers)
 
-    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.FULL)
+    kopf.configure(verbose=level == "debug", log_format=kopf.LogFormat[log_format.upper()])
+    logging.getLogger().setLevel(LOG_LEVELS[level])
     kopf.run(
         standalone=True,
         clusterwide=not args.namespace,
