@@ -33,8 +33,14 @@ def slotune_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "slotune.cli", *args]
 
 
-def start(name: str, args: Sequence[str], log_path: Path) -> ManagedProcess:
-    proc = ManagedProcess(name, list(args), log_path)
+def python_module(module: str) -> list[str]:
+    return [sys.executable, "-m", module]
+
+
+def start(
+    name: str, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None
+) -> ManagedProcess:
+    proc = ManagedProcess(name, list(args), log_path, env)
     proc.start()
     return proc
 
