@@ -42,6 +42,22 @@ class Setting:
 
 
 @dataclass(frozen=True)
+class PodMetrics:
+    """One server's gauges, for policies that reason per replica (llm-d's saturation rule).
+
+    Values are the latest sample; ``*_peak`` are ``max_over_time(...[1m])``, the form llm-d's
+    saturation analyzer queries.
+    """
+
+    pod: str
+    running: float
+    waiting: float
+    kv_cache_usage: float
+    waiting_peak: float
+    kv_cache_usage_peak: float
+
+
+@dataclass(frozen=True)
 class MetricsSnapshot:
     """What Prometheus says about one LLMService over the SLO window, summed over its pods.
 
@@ -62,6 +78,9 @@ class MetricsSnapshot:
     kv_cache_usage: float | None
     ready_replicas: int
     pending_replicas: int = 0
+    # Per-server gauges; empty where the source does not break them down (the operator's
+    # aggregated queries), so policies must not require them.
+    pods: tuple[PodMetrics, ...] = ()
 
 
 @dataclass(frozen=True)

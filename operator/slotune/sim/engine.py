@@ -396,20 +396,23 @@ class Engine:
         first_finish = heap[0][0]  # the run may include it, but not go past it
         b = flight.decode_seqs
         counts = self._decode_phase_counts
-        base_sum = self._decode_base_minus_offset
         i = flight.last_index + 1
+        # Iteration i attends to base_sum + b * (i + 1) tokens (see _schedule).
+        context = self._decode_base_minus_offset + b * (i + 1)
+        fixed, per_token = self.perf.decode_coefficients(b)
+        free = self._free_blocks
         durations: list[float] = []
         while i <= first_finish and end < until:
             need = counts[-i % KV_BLOCK_TOKENS]
-            if need > self._free_blocks:
+            if need > free:
                 break  # the next iteration may preempt: leave it to the exact path
-            self._free_blocks -= need
-            d = self.perf.iteration_time(
-                decode_seqs=b, decode_context_tokens=base_sum + b * (i + 1)
-            )
+            free -= need
+            d = fixed + per_token * context
             durations.append(d)
             end += d
+            context += b
             i += 1
+        self._free_blocks = free
         if durations:
             self._in_flight = _Iteration(
                 flight.first_index, i - 1, flight.start_s, end, b, (), tuple(durations)
@@ -418,6 +421,56 @@ class Engine:
             self.iterations += len(durations)
             self.busy_s += end - flight.end_s
         return end
+
+    def cut_run(self, at: float) -> float | None:
+        """End the decode-only run in flight at its first iteration boundary at or after ``at``.
+
+        A cluster routes a request to a replica that may be in the middle of a long run
+        (extended to the next scrape, not to the next arrival anywhere in the cluster, which
+        would make runs a few iterations long); cutting the run there lets the replica see the
+        request exactly when ``step(until=at)`` would have: results are identical and the
+        simulation stays fast. Returns the new end of the iteration in flight (None if idle).
+        """
+        flight = self._in_flight
+        if flight is None:
+            return None
+        extra = flight.extra_durations
+        if not extra:
+            return flight.end_s
+        t = flight.end_s - sum(extra)  # end of the run's first iteration
+        keep = 0
+        while t < at and keep < len(extra):
+            t += extra[keep]
+            keep += 1
+        if keep == len(extra):
+            return flight.end_s
+        counts = self._decode_phase_counts
+        first_dropped = flight.first_index + 1 + keep
+        for i in range(first_dropped, flight.last_index + 1):
+            self._free_blocks += counts[-i % KV_BLOCK_TOKENS]  # blocks taken for them
+        self._iteration = first_dropped
+        self.iterations -= len(extra) - keep
+        self.busy_s -= flight.end_s - t
+        self._in_flight = _Iteration(
+            flight.first_index,
+            first_dropped - 1,
+            flight.start_s,
+            t,
+            flight.decode_seqs,
+            (),
+            extra[:keep],
+        )
+        return t
+
+    def awaiting_first_token(self) -> list[Request]:
+        """Requests submitted that have not produced their first token yet."""
+        waiting = [s.request for s in self._waiting if math.isnan(s.first_token_s)]
+        prefilling = [s.request for s in self._prefilling.values() if math.isnan(s.first_token_s)]
+        return prefilling + waiting
+
+    def outstanding_requests(self) -> list[Request]:
+        """Requests submitted and not finished, running first (for aborting a killed replica)."""
+        return [s.request for s in self._running.values()] + [s.request for s in self._waiting]
 
     def _schedule(self, now: float) -> float | None:
         j = self._iteration
@@ -581,8 +634,8 @@ class Engine:
         # Every request that decoded in an iteration produced a token one iteration after its
         # previous one (the engine never idles while requests run).
         m.itl.observe(first_duration, it.decode_seqs)
-        for d in it.extra_durations:
-            m.itl.observe(d, it.decode_seqs)
+        # A run's durations grow with the context, so they arrive sorted.
+        m.itl.observe_sorted(it.extra_durations, it.decode_seqs)
         token_ids: list[Hashable] = []
         if self._record_tokens:
             token_ids = [

@@ -288,6 +288,7 @@ class PerformanceModel:
         )
         self._dense_cache: dict[int, float] = {}
         self._lm_head_cache: dict[int, float] = {}
+        self._decode_cache: dict[int, tuple[float, float]] = {}
 
     # ----------------------------------------------------------------- building blocks
 
@@ -396,6 +397,27 @@ class PerformanceModel:
                 # A mixed batch runs one varlen attention kernel per layer, not two.
                 t -= self._layers * self._attn_latency
         return t + self._step_overhead + self._per_seq_overhead * num_seqs
+
+    def decode_coefficients(self, batch_size: int) -> tuple[float, float]:
+        """``(fixed, per_context_token)``: a decode-only iteration of ``batch_size`` sequences
+        attending to ``c`` tokens takes ``fixed + per_context_token * c`` seconds.
+
+        The same sum as :meth:`iteration_time`, split so that the engine can price a long
+        run of decode iterations (whose context grows by ``batch_size`` each) with two
+        float operations per iteration.
+        """
+        cached = self._decode_cache.get(batch_size)
+        if cached is None:
+            fixed = (
+                self._dense_time(batch_size)
+                + self.lm_head_time(batch_size)
+                + self._layers * self._attn_latency
+                + self._step_overhead
+                + self._per_seq_overhead * batch_size
+            )
+            slope = self._layers * self._kv_bytes_per_token_layer_gpu / self._attn_bw
+            cached = self._decode_cache[batch_size] = (fixed, slope)
+        return cached
 
     def decode_step_time(self, batch_size: int, context_tokens: int) -> float:
         """A decode-only iteration of ``batch_size`` sequences holding ``context_tokens``."""

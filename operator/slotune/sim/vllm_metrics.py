@@ -22,10 +22,10 @@ Semantics follow vLLM V1 (``vllm/v1/metrics/stats.py`` and ``loggers.py``):
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
+from itertools import accumulate, pairwise
 from typing import Final
 
 # ---------------------------------------------------------------------------- names
@@ -201,13 +201,33 @@ class Histogram:
         self.count += count
         self.sum += value * count
 
+    def observe_sorted(self, values: Sequence[float], count: int = 1) -> None:
+        """``count`` observations of each of ``values``, which must be non-decreasing.
+
+        O(buckets touched x log n) instead of O(n): a run of decode iterations yields
+        thousands of ITL samples that fall into one or two buckets.
+        """
+        n = len(values)
+        if n == 0 or count <= 0:
+            return
+        bounds, counts = self.bounds, self._counts
+        lo = 0
+        b = bisect_left(bounds, values[0])
+        while lo < n:
+            if b >= len(bounds):
+                counts[-1] += (n - lo) * count
+                break
+            hi = bisect_right(values, bounds[b], lo)  # values[lo:hi] <= bounds[b]
+            counts[b] += (hi - lo) * count
+            lo = hi
+            if lo < n:
+                b = bisect_left(bounds, values[lo], b + 1)
+        self.count += n * count
+        self.sum += sum(values) * count
+
     def snapshot(self) -> HistogramSnapshot:
-        cumulative: list[float] = []
-        acc = 0
-        for c in self._counts:
-            acc += c
-            cumulative.append(float(acc))
-        return HistogramSnapshot(self.bounds, tuple(cumulative), self.sum)
+        # The simulator snapshots histograms of several hundred buckets at every scrape.
+        return HistogramSnapshot(self.bounds, tuple(map(float, accumulate(self._counts))), self.sum)
 
     def quantile(self, q: float) -> float:
         return self.snapshot().quantile(q)
