@@ -108,11 +108,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     kopf.configure(verbose=level == "debug", log_format=kopf.LogFormat[log_format.upper()])
     logging.getLogger().setLevel(LOG_LEVELS[level])
+    settings = kopf.OperatorSettings()
+    # Watching listed namespaces, the operator may hold no cluster-wide permission (the Helm
+    # chart's namespaced mode grants none): Kopf must not try to list namespaces and CRDs, which
+    # it otherwise retries for a minute and then keeps warning about.
+    settings.scanning.disabled = bool(args.namespace)
     kopf.run(
         standalone=True,
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=args.liveness,
+        settings=settings,
     )
     return 0
 
