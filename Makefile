@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit venv crd clean tools
+.PHONY: demo test lint typecheck unit venv crd lock clean tools
 
 # System tools the tests and the demo run for real: Prometheus and promtool (Debian's package).
 # The Kubernetes binaries and helm are built on first use into ~/.cache/slotune (see sandbox/build.py).
@@ -44,6 +44,14 @@ test: tools lint typecheck
 crd: $(STAMP)
 	$(BIN)/slotune crd > crds/slotune.dev_llmservices.yaml
 	cp crds/slotune.dev_llmservices.yaml charts/slotune/files/crd.yaml
+
+# The container image's pinned dependencies, with hashes: runtime deps of pyproject.toml plus the
+# build backend (the Dockerfile builds slotune without build isolation, so from pinned tools).
+lock: $(STAMP)
+	$(BIN)/pip install --quiet uv
+	printf 'setuptools>=68\nwheel\n' | $(BIN)/uv pip compile pyproject.toml - --generate-hashes \
+	  --python-platform linux --python-version 3.11 --custom-compile-command "make lock" \
+	  --quiet -o requirements.lock
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
