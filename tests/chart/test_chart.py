@@ -432,3 +432,15 @@ def test_the_dashboard_reads_only_series_that_exist() -> None:
     titles = " ".join(p["title"] for p in dashboard["panels"])
     for topic in ("TTFT", "ITL", "Replicas", "Batch size", "decisions", "error budget left"):
         assert topic in titles
+
+
+def test_every_alert_has_a_runbook_section() -> None:
+    runbooks = (ROOT / "docs" / "runbooks.md").read_text()
+    example = yaml.safe_load((ROOT / "examples" / "llama-3-8b-h100.yaml").read_text())
+    groups = slo_alerts(parse_llmservice(example)).rule_groups
+    groups += one(template(api_versions=MONITORING_API_VERSIONS), "PrometheusRule")["spec"][
+        "groups"
+    ]
+    for rule in (r for g in groups for r in g["rules"] if "alert" in r):
+        assert f"\n## {rule['alert']}\n" in runbooks, rule["alert"]
+        assert rule["annotations"]["runbook_url"].endswith("runbooks.md#" + rule["alert"].lower())
