@@ -32,9 +32,9 @@ what the operator's Deployment does to the serving capacity:
 
 Time is simulated. The caller drives the cluster with :meth:`Cluster.advance` (process
 everything strictly before ``t``), :meth:`Cluster.submit` and the two control calls
-:meth:`Cluster.scale` and :meth:`Cluster.set_template`; :meth:`Cluster.set_horizon` tells
-the engines how far they may run decode-only iterations ahead (the next scrape or control
-event). A request routed to a replica in the middle of such a run cuts the run at the next
+:meth:`Cluster.scale` and :meth:`Cluster.set_template` (each advances to its time
+first); :meth:`Cluster.set_horizon` tells the engines how far they may run decode-only
+iterations ahead (the next scrape or control event). A request routed to a replica in the middle of such a run cuts the run at the next
 iteration boundary (:meth:`Engine.cut_run`), which is exact and keeps the cost per request
 independent of the number of replicas.
 """
@@ -259,13 +259,13 @@ class Cluster:
     def scale(self, replicas: int, now: float) -> None:
         if replicas < 0:
             raise ValueError("replicas must be >= 0")
-        self._clock(now)
+        self.advance(now)
         self.replicas = replicas
         self._reconcile(now)
 
     def set_template(self, template: Template, now: float) -> bool:
         """Change the batch flags; True if that starts a rollout."""
-        self._clock(now)
+        self.advance(now)
         if template == self.template:
             return False
         self.template = template
@@ -277,7 +277,7 @@ class Cluster:
 
     def submit(self, request: Request, now: float) -> None:
         """A request arrives at the load balancer at ``now``."""
-        self._clock(now)
+        self.advance(now)
         if not self.routable:
             self._gateway.append(request)
             return
@@ -488,9 +488,7 @@ class Cluster:
             for p in self._removal_order(new)[: len(new) - n]:
                 self._terminate(p, now)
             new = [p for p in new if p.phase not in (PodPhase.GONE, PodPhase.TERMINATING)]
-        while len(new) < n and len(new) + len(old_ready) < n + 1:
-            new.append(self._create(now))
-        self._schedule_pending(now)
+        # Old pods go while the ready count stays at or above the desired one without them.
         ready = sum(1 for p in new if p.phase is PodPhase.READY) + len(old_ready)
         for p in self._removal_order(old_ready):
             if ready - 1 < n:
@@ -498,6 +496,11 @@ class Cluster:
             self._terminate(p, now)
             old_ready.remove(p)
             ready -= 1
+        # New pods come while the total stays within desired + maxSurge (terminating pods
+        # are not counted, as in the Deployment controller).
+        while len(new) < n and len(new) + len(old_ready) < n + 1:
+            new.append(self._create(now))
+        self._schedule_pending(now)
         # The surge pod cannot get a GPU and nothing will free one soon: replace in place.
         surge_blocked = (
             old_ready
