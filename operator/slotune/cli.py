@@ -174,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Subcommands that live with their package register themselves here, one line each.
     importlib.import_module("slotune.sim.cli").register(commands)
     importlib.import_module("slotune.emulator.cli").register(commands)
+    importlib.import_module("slotune.sandbox.cli").register(commands)
 
     demo = commands.add_parser("demo", help="show slotune at work on the bundled examples")
     demo.set_defaults(handler=cmd_demo)

@@ -202,13 +202,15 @@ class LoadGenerator:
                 task = asyncio.create_task(self._one(session, result, origin, on_result))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-            if tasks:
-                _, pending = await asyncio.wait(
-                    list(tasks), timeout=max(0.0, deadline - time.monotonic())
+            # Open requests finish, unless the deadline passes or the caller stops the run.
+            while tasks and time.monotonic() < deadline and not (stop and stop.is_set()):
+                await asyncio.wait(
+                    list(tasks), timeout=min(1.0, max(0.0, deadline - time.monotonic()))
                 )
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+            pending = list(tasks)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         return run
 
     async def _one(
