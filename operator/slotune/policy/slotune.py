@@ -50,6 +50,7 @@ class SlotuneConfig:
     retune_gain: float = 0.3  # change the batch limit only for a >= 30% move
     retune_cooldown_s: float = 900.0
     min_observed_batch: float = 0.5  # below this the ITL samples say little about the slope
+    min_fit_samples: float = 5.0  # (forgotten-weighted) observations before any retune
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,10 @@ def _with_prior(fit: ItlFit, x: float, y: float, cfg: SlotuneConfig) -> ItlFit:
 
 
 def _concurrency_model(
-    snapshot: MetricsSnapshot, line: tuple[float, float] | None, demand: float
+    snapshot: MetricsSnapshot,
+    line: tuple[float, float] | None,
+    demand: float,
+    ttft_target_s: float,
 ) -> Callable[[int], float]:
     """Predicted requests in flight per replica if there were `r` replicas.
 
@@ -113,7 +117,9 @@ def _concurrency_model(
     """
     rate = snapshot.request_rate or 0.0
     output = (snapshot.generation_token_rate or 0.0) / rate if rate > 0 else 0.0
-    first = snapshot.ttft or 0.0
+    # Time to first token without queueing: the observed TTFT is a window quantile that
+    # includes the queue being sized away, and would inflate the prediction.
+    first = min(snapshot.ttft or 0.0, 0.5 * ttft_target_s)
 
     def per_replica(r: int) -> float:
         spread = demand / r
@@ -197,12 +203,16 @@ class SlotunePolicy:
         last_retune = float(mem.get("lastRetune", -math.inf))
         gain = abs(batch_limit - current.max_num_seqs) / max(current.max_num_seqs, 1)
         itl_violated = snapshot.itl is not None and snapshot.itl > spec.itl_target_s
+        queued = (snapshot.waiting or 0.0) > ready  # more than one waiting per replica
+        # A restart costs capacity for a cold start: only on a fitted line (not the prior
+        # alone), and upward only while nothing queues (never as a surge begins).
+        confident = fit.w >= cfg.min_fit_samples
+        lowering = batch_limit < current.max_num_seqs
         if not (
-            gain >= cfg.retune_gain
-            and (
-                now_s - last_retune >= cfg.retune_cooldown_s
-                or (itl_violated and batch_limit < current.max_num_seqs)
-            )
+            confident
+            and gain >= cfg.retune_gain
+            and (lowering or not queued)
+            and (now_s - last_retune >= cfg.retune_cooldown_s or (itl_violated and lowering))
         ):
             retune = current.max_num_seqs
 
@@ -211,15 +221,18 @@ class SlotunePolicy:
         per_replica_cap = max(1.0, min(float(retune), capacity))
         ceiling, floor = spec.replica_ceiling, spec.min_replicas
         demand = (snapshot.running or 0.0) + (snapshot.waiting or 0.0)
-        concurrency = _concurrency_model(snapshot, line, demand)
+        concurrency = _concurrency_model(snapshot, line, demand, spec.ttft_target_s)
         needed_up = _fewest(concurrency, cfg.target_utilisation * per_replica_cap, ceiling)
         needed_down = _fewest(concurrency, cfg.scale_down_utilisation * per_replica_cap, ceiling)
         ttft = snapshot.ttft
         reason: Reason = "Steady"
         message = "latencies within target"
         if ttft is not None and ttft > spec.ttft_target_s:
-            grow = math.ceil(ready * min(2.0, max(1.25, ttft / spec.ttft_target_s)))
-            needed_up = max(needed_up, grow)
+            # The window quantile lags: grow on it only while requests still queue now, and
+            # from the ready count, so replicas already starting are not asked for twice.
+            if queued:
+                grow = math.ceil(ready * min(2.0, max(1.25, ttft / spec.ttft_target_s)))
+                needed_up = max(needed_up, grow)
             reason = "TTFTAboveTarget"
             message = f"p{spec.ttft_percentile:g} TTFT {ttft:.3f}s > {spec.ttft_target_s:g}s"
         elif itl_violated:

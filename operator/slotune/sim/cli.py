@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-DEFAULT_POLICIES = "hpa,kpa,saturation,static,oracle"
+DEFAULT_POLICIES = "slotune,hpa,kpa,saturation,static,oracle"
 
 
 class ProgressBar:

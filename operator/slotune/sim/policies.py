@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from slotune.policy.slotune import SlotuneConfig, SlotunePolicy
 from slotune.policy.types import Policy, PolicySpec, Setting
 from slotune.sim.baselines import HpaPolicy, KpaPolicy, SaturationPolicy, StaticPolicy
 
@@ -53,6 +54,7 @@ def _configured(cls: type[Any], overrides: Overrides, **fixed: Any) -> Any:
 
 
 POLICIES: dict[str, PolicyFactory] = {
+    "slotune": lambda ctx, o: SlotunePolicy(_configured(SlotuneConfig, o)),
     "hpa": lambda ctx, o: _configured(HpaPolicy, o),
     "kpa": lambda ctx, o: _configured(KpaPolicy, o),
     "saturation": lambda ctx, o: _configured(SaturationPolicy, o),
