@@ -102,35 +102,36 @@ def _with_prior(fit: ItlFit, x: float, y: float, cfg: SlotuneConfig) -> ItlFit:
 
 
 def _concurrency_model(
-    snapshot: MetricsSnapshot,
-    line: tuple[float, float] | None,
-    demand: float,
-    ttft_target_s: float,
+    snapshot: MetricsSnapshot, line: tuple[float, float] | None, demand: float
 ) -> Callable[[int], float]:
     """Predicted requests in flight per replica if there were `r` replicas.
 
-    Little's law with the fitted ITL: a replica with arrival rate L/r holds n = (L/r) *
-    (TTFT + O * ITL(n)) requests (O = output tokens per request), which gives n in closed
-    form for ITL(n) = a + b n; it grows faster than 1/r, which a plain "demand / r" misses.
-    Never below the measured demand spread over r (arrivals that are queued do not show in
-    the finished-request rate).
+    Little's law, anchored on what is observed: now each request spends T = running / rate
+    in a server, at n0 = running / ready per replica. Its time scales with the per-token
+    latency, ITL(n) = a + b n, so with r replicas n = (rate / r) * T * ITL(n) / ITL(n0), which
+    has a closed form and grows faster than 1/r as load concentrates. (Anchoring matters: the
+    fitted line is of the percentile ITL, several times the mean when prefill chunks stall
+    decodes, so it gives the shape of the growth, not absolute times.) Never below the
+    measured demand spread over r: requests that queue do not show in the finished rate.
     """
     rate = snapshot.request_rate or 0.0
-    output = (snapshot.generation_token_rate or 0.0) / rate if rate > 0 else 0.0
-    # Time to first token without queueing: the observed TTFT is a window quantile that
-    # includes the queue being sized away, and would inflate the prediction.
-    first = min(snapshot.ttft or 0.0, 0.5 * ttft_target_s)
+    running = snapshot.running or 0.0
+    ready = snapshot.ready_replicas
 
     def per_replica(r: int) -> float:
         spread = demand / r
-        if line is None or rate <= 0 or output <= 0:
+        if line is None or rate <= 0 or running <= 0 or ready <= 0:
             return spread
         a, b = line
-        k = rate / r
-        denominator = 1 - k * output * max(b, 0.0)
+        b = max(b, 0.0)
+        now_itl = a + b * running / ready
+        if now_itl <= 0:
+            return spread
+        k = rate / r * (running / rate) / now_itl  # requests per unit of ITL, per replica
+        denominator = 1 - k * b
         if denominator <= 0:
             return math.inf
-        return max(spread, k * (first + output * a) / denominator)
+        return max(spread, k * a / denominator)
 
     return per_replica
 
@@ -221,7 +222,7 @@ class SlotunePolicy:
         per_replica_cap = max(1.0, min(float(retune), capacity))
         ceiling, floor = spec.replica_ceiling, spec.min_replicas
         demand = (snapshot.running or 0.0) + (snapshot.waiting or 0.0)
-        concurrency = _concurrency_model(snapshot, line, demand, spec.ttft_target_s)
+        concurrency = _concurrency_model(snapshot, line, demand)
         needed_up = _fewest(concurrency, cfg.target_utilisation * per_replica_cap, ceiling)
         needed_down = _fewest(concurrency, cfg.scale_down_utilisation * per_replica_cap, ceiling)
         ttft = snapshot.ttft
