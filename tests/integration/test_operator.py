@@ -214,6 +214,9 @@ def test_create_renders_owned_children_and_turns_ready(
     assert ready["status"]["observedGeneration"] == ready["metadata"]["generation"]
     assert ready["status"]["tuned"] == {"replicas": 1, "maxNumSeqs": 128, "maxBatchedTokens": 8192}
     assert ready["status"]["readyReplicas"] == 1 and ready["status"]["gpus"] == 1
+    # 500 ms, 25 ms and 20 s are all vLLM bucket bounds: the alerts count exactly.
+    offsets = {b["objective"]: b["offsetPercent"] for b in ready["status"]["alertBuckets"]}
+    assert offsets == {"ttft": 0, "itl": 0, "e2e": 0}
     pods = client.CoreV1Api(k8s).list_namespaced_pod(namespace).items
     assert len(pods) == 1 and pods[0].status.phase == "Running"
     node = client.CoreV1Api(k8s).read_node(pods[0].spec.node_name)

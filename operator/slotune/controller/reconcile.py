@@ -24,6 +24,7 @@ from slotune.controller.workload import summarize
 from slotune.metrics.collector import MetricsCollector
 from slotune.metrics.snapshot import to_snapshot
 from slotune.policy.types import Policy, PolicySpec
+from slotune.render.alerts import slo_alerts
 from slotune.render.render import PAUSED_ANNOTATION, initial_knobs, render_children, selector_labels
 
 
@@ -143,10 +144,13 @@ def reconcile(
                 knobs = tuned.knobs
                 fields.update(tuned.status)
                 outcome.events += tuned.events
+        alerts = slo_alerts(service)
+        fields["alertBuckets"] = alerts.status()
         conflict = None
         if not paused:
             try:
-                result = applier.apply(render_children(service, knobs), service.metadata.uid)
+                children = render_children(service, knobs, alerts.rule_groups)
+                result = applier.apply(children, service.metadata.uid)
                 outcome.applied = result.applied
             except ChildConflict as error:
                 conflict = str(error)
