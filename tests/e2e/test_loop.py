@@ -21,14 +21,14 @@ import urllib.request
 from typing import Any
 
 import pytest
-
-from conftest import (
+from sandbox_fixtures import (
     BackgroundLoad,
     Service,
     eventually,
     flag,
     service_manifest,
 )
+
 from slotune.api.resource import parse_llmservice
 from slotune.metrics.collector import MetricsCollector
 from slotune.metrics.queries import query_set
