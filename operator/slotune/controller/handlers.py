@@ -50,7 +50,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.server_timeout = 300
     memo.client = _client()
     memo.applier = Applier(memo.client)
-    memo.tuner = Tuner(MetricsCollector(), SlotunePolicy(), CONFIG.prometheus_url)
+    collector = MetricsCollector(on_query_error=telemetry.count_query_error)
+    memo.tuner = Tuner(collector, SlotunePolicy(), CONFIG.prometheus_url)
     # When each object was last tuned, in this process. Not persisted: after a restart the
     # first cycle comes at once, and the policy's own memory (in status) keeps its cooldowns.
     memo.last_tuned = {}

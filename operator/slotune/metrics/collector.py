@@ -44,9 +44,11 @@ class MetricsCollector:
         self,
         refresh_s: float = 10.0,
         connect: Callable[[str], PrometheusApi] = connect,
+        on_query_error: Callable[[str], None] = lambda name: None,
     ) -> None:
         self.refresh_s = refresh_s
         self._connect = connect
+        self._on_query_error = on_query_error
         self._clients: dict[str, PrometheusApi] = {}
         self._cache: dict[tuple[str, str, str], Reading] = {}
         self._lock = threading.Lock()
@@ -67,11 +69,13 @@ class MetricsCollector:
         if client is None:
             client = self._clients[url] = self._connect(url)
         results: dict[str, Any] = {}
+        name = ""
         try:
             for name, promql in queries.queries.items():
                 self.total_queries += 1
                 results[name] = client.custom_query(promql)
         except Exception as error:  # the client raises requests', urllib3's and its own errors
+            self._on_query_error(name)
             return Reading(now_s, error=describe_error(error, url))
         return Reading(now_s, group_by_service(results), queries=len(queries.queries))
 

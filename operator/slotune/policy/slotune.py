@@ -32,6 +32,7 @@ from typing import Any
 from slotune.policy.types import Decision, MetricsSnapshot, PolicySpec, Reason, Setting
 
 STALE_AFTER_S = 60.0
+BACKLOG_DRAIN_S = 240.0  # drain a queue within about two cold starts
 
 
 @dataclass(frozen=True)
@@ -101,33 +102,55 @@ def _with_prior(fit: ItlFit, x: float, y: float, cfg: SlotuneConfig) -> ItlFit:
     )
 
 
+def _arrival_rate(snapshot: MetricsSnapshot, mem: dict[str, Any], now_s: float) -> float:
+    """Requests per second arriving, not just finishing, plus what drains the backlog.
+
+    The finished rate is capped by today's capacity; the queue's growth since the last
+    snapshot is the part of the arrivals that did not get in. The backlog itself is drained
+    over `BACKLOG_DRAIN_S`, not held in parallel (sizing for it would double replicas every
+    cycle while new ones are still starting).
+    """
+    rate = snapshot.request_rate or 0.0
+    waiting = snapshot.waiting or 0.0
+    inflow = 0.0
+    previous = mem.get("queue")
+    if previous is not None and 0 < now_s - previous[0] <= 180:
+        inflow = max(0.0, (waiting - previous[1]) / (now_s - previous[0]))
+    mem["queue"] = [now_s, waiting]
+    return rate + inflow + waiting / BACKLOG_DRAIN_S
+
+
 def _concurrency_model(
-    snapshot: MetricsSnapshot, line: tuple[float, float] | None, demand: float
+    snapshot: MetricsSnapshot, line: tuple[float, float] | None, arrival: float
 ) -> Callable[[int], float]:
     """Predicted requests in flight per replica if there were `r` replicas.
 
     Little's law, anchored on what is observed: now each request spends T = running / rate
     in a server, at n0 = running / ready per replica. Its time scales with the per-token
-    latency, ITL(n) = a + b n, so with r replicas n = (rate / r) * T * ITL(n) / ITL(n0), which
-    has a closed form and grows faster than 1/r as load concentrates. (Anchoring matters: the
-    fitted line is of the percentile ITL, several times the mean when prefill chunks stall
-    decodes, so it gives the shape of the growth, not absolute times.) Never below the
-    measured demand spread over r: requests that queue do not show in the finished rate.
+    latency, ITL(n) = a + b n, so with r replicas and `arrival` requests per second,
+    n = (arrival / r) * T * ITL(n) / ITL(n0), which has a closed form and grows faster than
+    1/r as load concentrates. (Anchoring matters: the fitted line is of the percentile ITL,
+    several times the mean when prefill chunks stall decodes, so it gives the shape of the
+    growth, not absolute times.)
     """
     rate = snapshot.request_rate or 0.0
     running = snapshot.running or 0.0
     ready = snapshot.ready_replicas
+    if rate <= 0 or running <= 0 or ready <= 0:
+        total = running + (snapshot.waiting or 0.0)
+        return lambda r: total / r
+    in_server = running / rate  # seconds per request, by Little's law
 
     def per_replica(r: int) -> float:
-        spread = demand / r
-        if line is None or rate <= 0 or running <= 0 or ready <= 0:
+        spread = arrival * in_server / r
+        if line is None:
             return spread
         a, b = line
         b = max(b, 0.0)
         now_itl = a + b * running / ready
         if now_itl <= 0:
             return spread
-        k = rate / r * (running / rate) / now_itl  # requests per unit of ITL, per replica
+        k = arrival / r * in_server / now_itl  # requests per unit of ITL, per replica
         denominator = 1 - k * b
         if denominator <= 0:
             return math.inf
@@ -222,7 +245,7 @@ class SlotunePolicy:
         per_replica_cap = max(1.0, min(float(retune), capacity))
         ceiling, floor = spec.replica_ceiling, spec.min_replicas
         demand = (snapshot.running or 0.0) + (snapshot.waiting or 0.0)
-        concurrency = _concurrency_model(snapshot, line, demand)
+        concurrency = _concurrency_model(snapshot, line, _arrival_rate(snapshot, mem, now_s))
         needed_up = _fewest(concurrency, cfg.target_utilisation * per_replica_cap, ceiling)
         needed_down = _fewest(concurrency, cfg.scale_down_utilisation * per_replica_cap, ceiling)
         ttft = snapshot.ttft
@@ -250,7 +273,13 @@ class SlotunePolicy:
         history = [
             h for h in mem.get("history", []) if now_s - h[0] < spec.scale_down_stabilization_s
         ] or [[now_s, current.replicas]]
-        safe_to_shrink = ttft is None or ttft < cfg.ttft_scale_down_bar * spec.ttft_target_s
+        # The window's TTFT lags a burst by a whole window; an empty queue and a current TTFT
+        # under the bar is what says the burst is over.
+        safe_to_shrink = not queued and (
+            ttft is None
+            or ttft < cfg.ttft_scale_down_bar * spec.ttft_target_s
+            or (snapshot.waiting or 0.0) == 0.0
+        )
         recommendation = max(needed_down, floor) if safe_to_shrink else current.replicas
         down_target = max([h[1] for h in history] + [recommendation])
 

@@ -1,0 +1,88 @@
+"""Metrics collection: batched queries, caching, errors kept apart from empty data, quantiles."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import requests
+
+from slotune.api.resource import parse_spec
+from slotune.metrics.collector import MetricsCollector
+from slotune.metrics.queries import query_set
+from slotune.metrics.snapshot import group_by_service, quantile, to_snapshot
+from slotune.policy.types import PolicySpec
+from slotune.render.engines import ADAPTERS
+
+SPEC = PolicySpec.from_spec(
+    parse_spec(
+        {"model": {"name": "m"}, "slo": {"ttft": {"target": "500ms"}, "itl": {"target": "25ms"}}}
+    )
+)
+
+
+def series(ns: str, name: str, value: float, **labels: str) -> dict[str, Any]:
+    return {"metric": {"namespace": ns, "llmservice": name, **labels}, "value": [0, str(value)]}
+
+
+class FakePrometheus:
+    def __init__(self, fail: bool = False) -> None:
+        self.queries: list[str] = []
+        self.fail = fail
+
+    def custom_query(self, query: str) -> Any:
+        self.queries.append(query)
+        if self.fail:
+            raise requests.ConnectionError("boom at 0x7f00deadbeef")
+        if "_bucket" in query:
+            return [
+                series("a", "x", 5, le="0.1"),
+                series("a", "x", 9, le="0.5"),
+                series("a", "x", 10, le="+Inf"),
+                series("b", "y", 1, le="0.1"),
+                series("b", "y", 1, le="0.5"),
+                series("b", "y", 1, le="+Inf"),
+            ]
+        if "timestamp(" in query:
+            return [series("a", "x", 990.0), series("b", "y", 900.0)]
+        return [series("a", "x", 3.0), series("b", "y", 7.0)]
+
+
+def test_one_query_per_metric_for_all_services_and_a_cache() -> None:
+    fake = FakePrometheus()
+    collector = MetricsCollector(refresh_s=10, connect=lambda url: fake)
+    first = collector.read("http://p", "vllm", "5m", now_s=1000)
+    assert set(first.series) == {("a", "x"), ("b", "y")}
+    assert len(fake.queries) == len(query_set("vllm", ADAPTERS["vllm"].metrics, "5m").queries)
+    assert collector.read("http://p", "vllm", "5m", now_s=1005) is first  # cached
+    collector.read("http://p", "vllm", "5m", now_s=1011)
+    assert len(fake.queries) == 2 * len(query_set("vllm", ADAPTERS["vllm"].metrics, "5m").queries)
+    assert all(
+        "sum by (namespace, llmservice" in q or "by (namespace, llmservice" in q
+        for q in fake.queries
+    )
+
+
+def test_errors_are_reported_stably_and_counted() -> None:
+    failed: list[str] = []
+    collector = MetricsCollector(
+        connect=lambda url: FakePrometheus(fail=True), on_query_error=failed.append
+    )
+    reading = collector.read("http://p:9090", "vllm", "5m", now_s=1000)
+    assert reading.error == "cannot connect to Prometheus at http://p:9090"
+    assert reading.series == {} and failed == ["ttft"]
+
+
+def test_snapshot_quantiles_freshness_and_missing_is_none() -> None:
+    fake = FakePrometheus()
+    results = {
+        name: fake.custom_query(q)
+        for name, q in query_set("vllm", ADAPTERS["vllm"].metrics, "5m").queries.items()
+    }
+    grouped = group_by_service(results)
+    snap = to_snapshot(grouped[("a", "x")], SPEC, ready_replicas=2, pending_replicas=0, now_s=1000)
+    assert snap is not None and snap.age_s == 10 and snap.request_rate == 3.0
+    # 95% of 10 = 9.5 lies in (0.5, +Inf]: histogram_quantile answers the highest finite bound.
+    assert snap.ttft == 0.5
+    assert to_snapshot(None, SPEC, 1, 0, 1000) is None
+    assert quantile({0.1: 0.0, math.inf: 0.0}, 95) is None  # no traffic is not zero latency
