@@ -34,9 +34,9 @@ Time is simulated. The caller drives the cluster with :meth:`Cluster.advance` (p
 everything strictly before ``t``), :meth:`Cluster.submit` and the two control calls
 :meth:`Cluster.scale` and :meth:`Cluster.set_template` (each advances to its time
 first); :meth:`Cluster.set_horizon` tells the engines how far they may run decode-only
-iterations ahead (the next scrape or control event). A request routed to a replica in the middle of such a run cuts the run at the next
-iteration boundary (:meth:`Engine.cut_run`), which is exact and keeps the cost per request
-independent of the number of replicas.
+iterations ahead (the next scrape or control event). A request routed to a replica in the
+middle of such a run cuts the run at the next iteration boundary (:meth:`Engine.cut_run`),
+which is exact and keeps the cost per request independent of the number of replicas.
 """
 
 from __future__ import annotations

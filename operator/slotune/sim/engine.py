@@ -178,6 +178,44 @@ class _Chunk:
 
 
 @dataclass(frozen=True, slots=True)
+class _DecodeRun:
+    """The decode-only iterations that follow the first one of a run, in closed form.
+
+    The batch is the same in each, and each attends to ``batch`` more tokens than the one
+    before, so iteration ``j`` (from 0) takes ``first + step * j`` seconds: a run of any
+    length costs O(1) to extend, cut and commit.
+    """
+
+    count: int
+    first: float
+    step: float
+    first_end: float  # when the run's first (scheduled) iteration ends
+
+    def span(self, n: int) -> float:
+        """Duration of the first ``n`` of these iterations."""
+        return n * self.first + self.step * (n * (n - 1) / 2)
+
+    def reach(self, start: float, target: float) -> int:
+        """The fewest iterations ``n >= 0`` after ``start`` whose end is at or after
+        ``target`` (may exceed ``count``)."""
+        gap = target - start
+        if gap <= 0:
+            return 0
+        a, b = self.step / 2, self.first - self.step / 2
+        if a > 0:
+            n = math.ceil((-b + math.sqrt(b * b + 4 * a * gap)) / (2 * a))
+        else:
+            n = math.ceil(gap / self.first)
+        n = max(n, 1)
+        # The root is exact up to rounding; settle on the definition.
+        while n > 1 and start + self.span(n - 1) >= target:
+            n -= 1
+        while start + self.span(n) < target:
+            n += 1
+        return n
+
+
+@dataclass(frozen=True, slots=True)
 class _Iteration:
     """What is in flight: one iteration, or a run of identical-batch decode iterations."""
 
@@ -187,8 +225,8 @@ class _Iteration:
     end_s: float
     decode_seqs: int
     chunks: tuple[_Chunk, ...]
-    # Durations of the iterations after the first of a decode-only run (their ITL samples).
-    extra_durations: tuple[float, ...] = ()
+    # The iterations after the first of a decode-only run (their ITL samples).
+    run: _DecodeRun | None = None
 
 
 def _blocks_for(tokens: int) -> int:
@@ -391,36 +429,62 @@ class Engine:
         heap = self._finishing
         while heap and heap[0][2].finish_iteration != heap[0][0]:
             heapq.heappop(heap)  # stale: its request was preempted
-        if not heap:
+        if not heap or end >= until:
             return end
-        first_finish = heap[0][0]  # the run may include it, but not go past it
+        first = flight.last_index + 1
+        # The run may include the first finishing iteration, but not go past it ...
+        count = heap[0][0] - first + 1
+        # ... nor an iteration that may preempt: leave that to the exact path.
+        count = self._iterations_within(first, self._free_blocks, count)
+        if count <= 0:
+            return end
         b = flight.decode_seqs
-        counts = self._decode_phase_counts
-        i = flight.last_index + 1
-        # Iteration i attends to base_sum + b * (i + 1) tokens (see _schedule).
-        context = self._decode_base_minus_offset + b * (i + 1)
         fixed, per_token = self.perf.decode_coefficients(b)
-        free = self._free_blocks
-        durations: list[float] = []
-        while i <= first_finish and end < until:
-            need = counts[-i % KV_BLOCK_TOKENS]
+        # Iteration i attends to base_sum + b * (i + 1) tokens (see _schedule).
+        context = self._decode_base_minus_offset + b * (first + 1)
+        run = _DecodeRun(count, fixed + per_token * context, per_token * b, end)
+        if not math.isinf(until):
+            count = min(count, run.reach(end, until))
+            run = _DecodeRun(count, run.first, run.step, end)
+        self._free_blocks -= self._blocks_needed(first, count)
+        new_end = end + run.span(count)
+        self._in_flight = _Iteration(
+            flight.first_index, first + count - 1, flight.start_s, new_end, b, (), run
+        )
+        self._iteration = first + count
+        self.iterations += count
+        self.busy_s += new_end - flight.end_s
+        return new_end
+
+    def _blocks_needed(self, first: int, count: int) -> int:
+        """KV blocks the decode iterations ``first .. first + count - 1`` allocate.
+
+        Each decoding request crosses a block boundary once every KV_BLOCK_TOKENS
+        iterations, so the needs repeat with that period and a full period needs one block
+        per decoding request.
+        """
+        counts = self._decode_phase_counts
+        cycles, rest = divmod(count, KV_BLOCK_TOKENS)
+        return cycles * self._decoding + sum(
+            counts[-(first + j) % KV_BLOCK_TOKENS] for j in range(rest)
+        )
+
+    def _iterations_within(self, first: int, free: int, limit: int) -> int:
+        """How many decode iterations from ``first`` (at most ``limit``) get their blocks."""
+        counts = self._decode_phase_counts
+        per_cycle = self._decoding
+        cycles = limit // KV_BLOCK_TOKENS
+        if per_cycle:
+            cycles = min(cycles, free // per_cycle)
+        n = cycles * KV_BLOCK_TOKENS
+        free -= cycles * per_cycle
+        while n < limit:  # less than a cycle's worth of blocks (or of iterations) is left
+            need = counts[-(first + n) % KV_BLOCK_TOKENS]
             if need > free:
-                break  # the next iteration may preempt: leave it to the exact path
+                break
             free -= need
-            d = fixed + per_token * context
-            durations.append(d)
-            end += d
-            context += b
-            i += 1
-        self._free_blocks = free
-        if durations:
-            self._in_flight = _Iteration(
-                flight.first_index, i - 1, flight.start_s, end, b, (), tuple(durations)
-            )
-            self._iteration = i
-            self.iterations += len(durations)
-            self.busy_s += end - flight.end_s
-        return end
+            n += 1
+        return n
 
     def cut_run(self, at: float) -> float | None:
         """End the decode-only run in flight at its first iteration boundary at or after ``at``.
@@ -434,33 +498,28 @@ class Engine:
         flight = self._in_flight
         if flight is None:
             return None
-        extra = flight.extra_durations
-        if not extra:
+        run = flight.run
+        if run is None:
             return flight.end_s
-        t = flight.end_s - sum(extra)  # end of the run's first iteration
-        keep = 0
-        while t < at and keep < len(extra):
-            t += extra[keep]
-            keep += 1
-        if keep == len(extra):
+        keep = run.reach(run.first_end, at)
+        if keep >= run.count:
             return flight.end_s
-        counts = self._decode_phase_counts
         first_dropped = flight.first_index + 1 + keep
-        for i in range(first_dropped, flight.last_index + 1):
-            self._free_blocks += counts[-i % KV_BLOCK_TOKENS]  # blocks taken for them
+        self._free_blocks += self._blocks_needed(first_dropped, run.count - keep)
+        end = run.first_end + run.span(keep)
         self._iteration = first_dropped
-        self.iterations -= len(extra) - keep
-        self.busy_s -= flight.end_s - t
+        self.iterations -= run.count - keep
+        self.busy_s -= flight.end_s - end
         self._in_flight = _Iteration(
             flight.first_index,
             first_dropped - 1,
             flight.start_s,
-            t,
+            end,
             flight.decode_seqs,
             (),
-            extra[:keep],
+            _DecodeRun(keep, run.first, run.step, run.first_end) if keep else None,
         )
-        return t
+        return end
 
     def awaiting_first_token(self) -> list[Request]:
         """Requests submitted that have not produced their first token yet."""
@@ -629,13 +688,14 @@ class Engine:
     def _commit(self, it: _Iteration) -> None:
         end = it.end_s
         m = self.metrics
-        first_duration = end - it.start_s - sum(it.extra_durations)
-        generated = it.decode_seqs * (1 + len(it.extra_durations))
+        run = it.run
+        first_duration = (run.first_end if run is not None else end) - it.start_s
+        generated = it.decode_seqs * (1 + (run.count if run is not None else 0))
         # Every request that decoded in an iteration produced a token one iteration after its
         # previous one (the engine never idles while requests run).
         m.itl.observe(first_duration, it.decode_seqs)
-        # A run's durations grow with the context, so they arrive sorted.
-        m.itl.observe_sorted(it.extra_durations, it.decode_seqs)
+        if run is not None:
+            m.itl.observe_arithmetic(run.first, run.step, run.count, it.decode_seqs)
         token_ids: list[Hashable] = []
         if self._record_tokens:
             token_ids = [

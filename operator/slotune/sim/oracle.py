@@ -18,6 +18,10 @@ bound below it) for a few batch settings (:func:`default_settings`); after the f
 setting, the others are only asked whether they do with fewer replicas, which usually
 takes one probe. Probes are cached per (window, setting, replicas).
 
+Where even the replica ceiling cannot meet the SLO, the window counts as missed and the
+oracle takes the fewest replicas (at the initial setting) whose within-target fractions
+come within one point of what the ceiling reaches.
+
 The fluid lower bound needs no simulation: per window, the prompt and output tokens that
 arrive, divided by what one replica can process while meeting the ITL target (decode at
 the largest batch whose step time stays under it, prefill at full token budget); the
@@ -47,6 +51,10 @@ from slotune.sim.harness import (
 from slotune.sim.perf import KV_BLOCK_TOKENS, PerformanceModel, PerfProfile
 from slotune.sim.prometheus import LATENCY_HISTOGRAMS
 from slotune.sim.vllm_metrics import E2E_REQUEST_LATENCY, INTER_TOKEN_LATENCY, TIME_TO_FIRST_TOKEN
+
+# Where the SLO cannot be met, replicas that bring every within-target fraction to within
+# this of what the ceiling reaches count as enough.
+CLOSE_ENOUGH = 0.01
 
 
 @dataclass(frozen=True)
@@ -81,8 +89,9 @@ class OracleWindow:
     meets: bool
     fluid_replicas: float
     probes: int
-    # Fewest replicas meeting the SLO at the initial setting (None: not even at the ceiling);
-    # what a static deployment at that setting needs in this window.
+    # Fewest replicas meeting the SLO at the initial setting (where nothing meets it, the
+    # fewest close to the best reachable; None when another setting met it and this one
+    # did not); what a static deployment at that setting needs in this window.
     initial_needs: int | None = None
 
 
@@ -399,10 +408,22 @@ def run_oracle(
                 initial_needs = need
             if need is not None and (best is None or need < best[0]):
                 best = (need, k)
+        if best is None:
+            # No count meets the SLO (a prompt too long to prefill in time, say): take the
+            # fewest replicas that come within a point of what the ceiling achieves, so the
+            # floor stays a floor of useful capacity rather than the ceiling.
+            reachable = probe(0, ceiling).fractions
+
+            def close_enough(r: int, reachable: dict[str, float] = reachable) -> bool:
+                got = probe(0, r).fractions
+                return all(got.get(n, 1.0) >= f - CLOSE_ENOUGH for n, f in reachable.items())
+
+            floor = min(ceiling, max(spec.min_replicas, previous or spec.min_replicas))
+            best = (_fewest(close_enough, spec.min_replicas, ceiling, floor) or ceiling, 0)
+            initial_needs = best[0]
         total_probes += len(cache)
-        chosen = probe(0, ceiling) if best is None else probe(best[1], best[0])
-        if best is not None:
-            previous = best[0]
+        chosen = probe(best[1], best[0])
+        previous = best[0]
         for name in rows:
             rows[name].append(chosen.latencies[name])
         finished.extend(chosen.finished)

@@ -22,8 +22,8 @@ Semantics follow vLLM V1 (``vllm/v1/metrics/stats.py`` and ``loggers.py``):
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Mapping, Sequence
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate, pairwise
 from typing import Final
@@ -201,29 +201,32 @@ class Histogram:
         self.count += count
         self.sum += value * count
 
-    def observe_sorted(self, values: Sequence[float], count: int = 1) -> None:
-        """``count`` observations of each of ``values``, which must be non-decreasing.
+    def observe_arithmetic(self, first: float, step: float, n: int, count: int = 1) -> None:
+        """``count`` observations of each of ``first + step * j`` for ``j < n`` (step >= 0).
 
-        O(buckets touched x log n) instead of O(n): a run of decode iterations yields
-        thousands of ITL samples that fall into one or two buckets.
+        O(buckets touched) instead of O(n): a run of decode iterations yields thousands of
+        ITL samples, growing slowly with the context, that fall into a few buckets.
         """
-        n = len(values)
-        if n == 0 or count <= 0:
+        if n <= 0 or count <= 0:
             return
+        if step < 0:
+            raise ValueError("observe_arithmetic needs a non-decreasing sequence")
         bounds, counts = self.bounds, self._counts
-        lo = 0
-        b = bisect_left(bounds, values[0])
-        while lo < n:
+        done = 0  # values placed so far: the first `done` of the sequence
+        b = bisect_left(bounds, first)
+        while done < n:
             if b >= len(bounds):
-                counts[-1] += (n - lo) * count
+                counts[-1] += (n - done) * count
                 break
-            hi = bisect_right(values, bounds[b], lo)  # values[lo:hi] <= bounds[b]
-            counts[b] += (hi - lo) * count
-            lo = hi
-            if lo < n:
-                b = bisect_left(bounds, values[lo], b + 1)
+            # Values up to bounds[b] are those with j <= (bounds[b] - first) / step.
+            upto = n if step == 0 else min(n, math.floor((bounds[b] - first) / step) + 1)
+            if upto > done:
+                counts[b] += (upto - done) * count
+                done = upto
+            if done < n:
+                b = bisect_left(bounds, first + step * done, b + 1)
         self.count += n * count
-        self.sum += sum(values) * count
+        self.sum += (n * first + step * (n * (n - 1) / 2)) * count
 
     def snapshot(self) -> HistogramSnapshot:
         # The simulator snapshots histograms of several hundred buckets at every scrape.

@@ -225,7 +225,8 @@ def test_static_and_fixed_batch() -> None:
 
 def test_registry_builds_each_policy_with_overrides() -> None:
     ctx = PolicyContext(SPEC, Setting(2, 64, 4096), peak_replicas=lambda: 7)
-    assert known_names() == ["hpa", "kpa", "saturation", "static", "oracle"]
+    assert {"hpa", "kpa", "saturation", "static"} < set(known_names())
+    assert known_names()[-1] == "oracle"
     hpa = build_policy("hpa", ctx, {"target": "0.7", "metric": "kv"})
     assert isinstance(hpa, HpaPolicy) and (hpa.target, hpa.metric) == (0.7, "kv")
     assert build_policy("static", ctx) == StaticPolicy(7)
