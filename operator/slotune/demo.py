@@ -200,9 +200,12 @@ def run_demo(
     from kubernetes import client
 
     from slotune.api.resource import parse_llmservice
+    from slotune.sandbox.build import cache_root
     from slotune.sandbox.sandbox import Sandbox, SandboxConfig
 
     plan = plan or DemoPlan()
+    # Not `slotune sandbox`'s work dir: a sandbox left up by hand keeps running beside the demo.
+    work_dir = work_dir or cache_root() / "demo"
     manifest = yaml.safe_load(EXAMPLE.read_text())
     service = parse_llmservice(manifest)
     namespace, name = service.metadata.namespace, service.metadata.name

@@ -98,8 +98,8 @@ class Balancer:
     port: int = 0
     _turn: itertools.count[int] = field(default_factory=itertools.count)
 
-    def pick(self) -> Backend | None:
-        ready = [b for b in self.backends.values() if b.ready]
+    def pick(self, exclude: set[str] | frozenset[str] = frozenset()) -> Backend | None:
+        ready = [b for b in self.backends.values() if b.ready and b.pod.name not in exclude]
         if not ready:
             return None
         low = min(b.outstanding for b in ready)
@@ -333,42 +333,54 @@ class Bridge:
 
     def _proxy_handler(self, balancer: Balancer) -> Any:
         async def handle(request: web.Request) -> web.StreamResponse:
-            backend = balancer.pick()
-            if backend is None:
-                return web.json_response(
-                    {"error": {"message": "no ready replica", "code": 503}}, status=503
-                )
             assert self._session is not None
             headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
             body = await request.read()
-            backend.outstanding += 1
-            try:
-                async with self._session.request(
-                    request.method,
-                    backend.url + request.rel_url.path_qs,
-                    headers=headers,
-                    data=body,
-                ) as upstream:
-                    response = web.StreamResponse(
-                        status=upstream.status,
-                        headers={
-                            k: v
-                            for k, v in upstream.headers.items()
-                            if k.lower() not in _HOP_BY_HOP
-                        },
+            tried: set[str] = set()
+            while True:
+                backend = balancer.pick(exclude=tried)
+                if backend is None:
+                    return web.json_response(
+                        {"error": {"message": "no ready replica", "code": 503}}, status=503
                     )
-                    await response.prepare(request)
-                    async for chunk in upstream.content.iter_any():
-                        await response.write(chunk)
-                    await response.write_eof()
-                    return response
-            except aiohttp.ClientError as error:
-                return web.json_response(
-                    {"error": {"message": f"upstream {backend.pod.name}: {error}", "code": 502}},
-                    status=502,
-                )
-            finally:
-                backend.outstanding -= 1
+                tried.add(backend.pod.name)
+                backend.outstanding += 1
+                response: web.StreamResponse | None = None
+                try:
+                    async with self._session.request(
+                        request.method,
+                        backend.url + request.rel_url.path_qs,
+                        headers=headers,
+                        data=body,
+                    ) as upstream:
+                        # A replica shutting down refuses work before doing any; until the
+                        # bridge has seen its pod go, another replica takes the request.
+                        if upstream.status == 503 and balancer.pick(exclude=tried) is not None:
+                            continue
+                        response = web.StreamResponse(
+                            status=upstream.status,
+                            headers={
+                                k: v
+                                for k, v in upstream.headers.items()
+                                if k.lower() not in _HOP_BY_HOP
+                            },
+                        )
+                        await response.prepare(request)
+                        async for chunk in upstream.content.iter_any():
+                            await response.write(chunk)
+                        await response.write_eof()
+                        return response
+                except (aiohttp.ClientError, ConnectionResetError) as error:
+                    if response is not None:  # mid-stream: the client sees the stream cut
+                        return response
+                    if balancer.pick(exclude=tried) is not None:
+                        continue
+                    message = f"upstream {backend.pod.name}: {error}"
+                    return web.json_response(
+                        {"error": {"message": message, "code": 502}}, status=502
+                    )
+                finally:
+                    backend.outstanding -= 1
 
         return handle
 

@@ -42,7 +42,7 @@ class SandboxConfig:
     ready_delay_s: float = 10.0
     scrape_interval_s: float = 5.0
     stream_interval_s: float = 0.5
-    drain_timeout_s: float = 20.0
+    drain_timeout_s: float = 30.0
 
 
 def default_work_dir() -> Path:
