@@ -136,6 +136,12 @@ def register(commands: Any) -> None:
     sim.add_argument(
         "--balancer", choices=("least-outstanding", "round-robin"), default="least-outstanding"
     )
+    sim.add_argument(
+        "--no-slo-buckets",
+        action="store_true",
+        help="servers expose vLLM's default histogram buckets only (by default the SLO "
+        "targets are bucket bounds, as with --custom-histogram-buckets)",
+    )
     sim.add_argument("--seed", type=int, default=0, help="seed for scaling and synthetic traces")
     sim.add_argument("--json", dest="json_path", help="write the report as JSON to this path")
     sim.add_argument("--plot", dest="plot_path", help="write a PNG of the timelines here")
@@ -254,7 +260,7 @@ def _run(args: argparse.Namespace) -> int:
             cold_start_s=args.cold_start,
             balancer=args.balancer,
         ),
-        harness=HarnessConfig(),
+        harness=HarnessConfig(slo_buckets=not args.no_slo_buckets),
         seed=args.seed,
         overrides=overrides,
     )
