@@ -1,0 +1,95 @@
+"""Tuning quality: slotune's policy against the baselines and the hindsight oracle.
+
+Runs `slotune sim` on each scenario x SLO class with every policy (one default configuration
+each, nothing tuned per scenario) and prints one markdown table per run, ready for
+bench/RESULTS.md. Usage:
+
+    .venv/bin/python bench/bench_policy.py [--quick] [--out DIR]
+
+`--quick` keeps the two 1-hour synthetic scenarios only (a few minutes on 2 cores); the full
+set adds the Azure conversation and code traces scaled x20 and the Mooncake trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+SLO_CLASSES = {"standard": ("2s", "60ms"), "interactive": ("500ms", "25ms")}
+QUICK = {
+    "step-3x": ["--trace", "step:low=10,high=30,at=1800,duration=3600"],
+    "diurnal": ["--trace", "diurnal:mean=20,amplitude=0.6,duration=3600"],
+}
+FULL = {
+    **QUICK,
+    "azure-conv-x20": ["--trace", "azure-conv", "--scale", "20", "--duration", "1h"],
+    "azure-code-x20": ["--trace", "azure-code", "--scale", "20", "--duration", "1h"],
+    "mooncake": ["--trace", "mooncake-synthetic", "--duration", "1h"],
+}
+POLICIES = "slotune,hpa,kpa,saturation,static,oracle"
+COLUMNS = (
+    "gpu_hours",
+    "ratio_to_oracle",
+    "window_attainment",
+    "request_goodput",
+    "ttft_p95",
+    "itl_p95",
+)
+
+
+def run(name: str, args: list[str], slo: str, out: Path) -> str:
+    ttft, itl = SLO_CLASSES[slo]
+    path = out / f"{name}-{slo}.json"
+    command = [
+        sys.executable, "-m", "slotune.cli", "sim", *args, "--slo-ttft", ttft, "--slo-itl", itl,
+        "--policies", POLICIES, "--no-progress", "--json", str(path),
+    ]  # fmt: skip
+    started = time.monotonic()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    wall = time.monotonic() - started
+    result = json.loads(path.read_text())["policies"]
+    lines = [
+        f"#### {name}, {slo} (TTFT p95 <= {ttft}, ITL p95 <= {itl}); {wall:.0f} s wall",
+        "",
+        "| policy | GPU-h | x oracle | windows ok | goodput | TTFT p95 | ITL p95 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for policy, numbers in result.items():
+        cells = []
+        for column in COLUMNS:
+            value = numbers.get(column)
+            if value is None:
+                cells.append("-")
+            elif column in ("window_attainment", "request_goodput"):
+                cells.append(f"{100 * value:.1f}%")
+            elif column in ("ttft_p95", "itl_p95"):
+                cells.append(f"{1000 * value:.0f} ms")
+            else:
+                cells.append(f"{value:.3g}")
+        lines.append(f"| {policy} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("out/bench-policy"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"command: {' '.join(sys.argv)}")
+    print(f"machine: {platform.node()} {platform.machine()}, python {platform.python_version()}")
+    print(f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n")
+    for slo in SLO_CLASSES:
+        for name, scenario in (QUICK if args.quick else FULL).items():
+            print(run(name, scenario, slo, args.out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
