@@ -8,7 +8,7 @@ replicas in <= 60 s and <= 2 GB; the full comparison with the oracle in <= 10 mi
 the same seed gives byte-identical JSON.
 
 The 1-hour trace is the Azure 2023 conversation trace superimposed 9 times (49.8 req/s on
-average, 67 req/s in the busiest minute). Each case runs in a fresh process so that its
+average, 74 req/s in the busiest minute). Each case runs in a fresh process so that its
 peak resident memory is its own.
 """
 

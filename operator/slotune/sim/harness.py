@@ -259,9 +259,9 @@ class RunResult:
             "gpu_hours": self.gpu_hours,
             "window_attainment": attainment,
             "request_goodput": o.goodput(spec),
-            "ttft_p95": _percentile(o.ttft_s, 95),
+            "ttft_p95": percentile_or_none(o.ttft_s, 95),
             "itl_p95": self.latencies.quantile(INTER_TOKEN_LATENCY, 0.95),
-            "e2e_p95": _percentile(o.e2e_s, 95),
+            "e2e_p95": percentile_or_none(o.e2e_s, 95),
             "scale_actions": self.scale_actions,
             "restarts": self.restarts,
             "requests": o.submitted,
@@ -272,7 +272,7 @@ class RunResult:
         }
 
 
-def _percentile(values: FloatArray, p: float) -> float | None:
+def percentile_or_none(values: FloatArray, p: float) -> float | None:
     if len(values) == 0:
         return None
     return float(np.percentile(values, p))

@@ -45,8 +45,8 @@ from slotune.sim.harness import (
     FloatArray,
     LatencyRecord,
     Outcomes,
-    _percentile,
     bucket_layout,
+    percentile_or_none,
 )
 from slotune.sim.perf import KV_BLOCK_TOKENS, PerformanceModel, PerfProfile
 from slotune.sim.prometheus import LATENCY_HISTOGRAMS
@@ -142,9 +142,9 @@ class OracleResult:
             "gpu_hours": self.gpu_hours,
             "window_attainment": sum(met) / len(met) if met else 1.0,
             "request_goodput": o.goodput(spec),
-            "ttft_p95": _percentile(o.ttft_s, 95),
+            "ttft_p95": percentile_or_none(o.ttft_s, 95),
             "itl_p95": self.latencies.quantile(INTER_TOKEN_LATENCY, 0.95),
-            "e2e_p95": _percentile(o.e2e_s, 95),
+            "e2e_p95": percentile_or_none(o.e2e_s, 95),
             "scale_actions": changes,
             "restarts": retunes,
             "requests": o.submitted,
