@@ -68,17 +68,24 @@ def test_ttft_violation_scales_up_at_once() -> None:
 
 def test_itl_violation_lowers_the_batch_limit_once_the_fit_is_confident() -> None:
     # ITL rises 0.5 ms per running request from 15 ms at 40: the goal (21 ms) sits at ~52.
+    # The limit (80) binds: replicas run at 75 of it.
+    current = replace(CURRENT, max_num_seqs=80)
     memory: dict[str, Any] = {}
     decisions = []
     for i, running in enumerate((160, 200, 240, 280, 320, 300)):
         itl = 0.015 + 0.0005 * (running / 4 - 40)
         decision = POLICY.decide(
-            snap(itl=itl, running=float(running)), CURRENT, SPEC, memory, 1000.0 + 30 * i
+            # A window apart: each (running, ITL) pair is one steady operating point.
+            snap(itl=itl, running=float(running)),
+            current,
+            SPEC,
+            memory,
+            1000.0 + 301 * i,
         )
         memory = dict(decision.memory)
         decisions.append(decision)
     # No restart on the prior alone: the first samples leave the limit where it is.
-    assert decisions[0].setting.max_num_seqs == CURRENT.max_num_seqs
+    assert decisions[0].setting.max_num_seqs == current.max_num_seqs
     last = decisions[-1]
     assert last.reason == "ITLAboveTarget"
     assert 40 <= last.setting.max_num_seqs <= 64
@@ -202,3 +209,14 @@ def test_constant_load_converges_without_flapping(rate: float) -> None:
     final = plant(current, rate, 0)
     assert final.ttft is not None and final.ttft <= SPEC.ttft_target_s
     assert final.itl is not None and final.itl <= SPEC.itl_target_s
+
+
+def test_a_limit_that_does_not_bind_is_left_alone() -> None:
+    # 60 running per replica under a limit of 128: lowering it would restart for nothing.
+    memory: dict[str, Any] = {}
+    for i, running in enumerate((160, 200, 240, 200, 240, 240)):
+        decision = POLICY.decide(
+            snap(itl=0.03, running=float(running)), CURRENT, SPEC, memory, 1000.0 + 30 * i
+        )
+        memory = dict(decision.memory)
+        assert decision.setting.max_num_seqs == CURRENT.max_num_seqs

@@ -52,6 +52,7 @@ class SlotuneConfig:
     retune_cooldown_s: float = 900.0
     min_observed_batch: float = 0.5  # below this the ITL samples say little about the slope
     min_fit_samples: float = 5.0  # (forgotten-weighted) observations before any retune
+    binding_fraction: float = 0.8  # retune only when replicas run at >= 80% of the limit
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,11 @@ class SlotunePolicy:
         # 1. Fit ITL against batch per replica.
         fit = ItlFit(**mem.get("fit", {}))
         per_replica = (snapshot.running or 0.0) / ready
-        if snapshot.itl is not None and per_replica >= cfg.min_observed_batch:
+        # The ITL is a quantile over the whole window but `running` is a gauge of now: the
+        # pair only describes one operating point once the fleet has not changed for a window.
+        last_change = float(mem.get("lastChange", -math.inf))
+        steady_window = now_s - last_change >= spec.window_s
+        if snapshot.itl is not None and per_replica >= cfg.min_observed_batch and steady_window:
             fit = fit.add(per_replica, snapshot.itl, 1.0, cfg.forgetting)
             mem["fit"] = fit.__dict__
             mem["anchor"] = [per_replica, snapshot.itl]
@@ -232,10 +237,18 @@ class SlotunePolicy:
         # alone), and upward only while nothing queues (never as a surge begins).
         confident = fit.w >= cfg.min_fit_samples
         lowering = batch_limit < current.max_num_seqs
+        # The limit only matters when replicas run near it; below it, a restart changes
+        # nothing and replicas are the lever (ITL then comes from prefill stalls, not batch).
+        binding = per_replica >= cfg.binding_fraction * current.max_num_seqs
+        # A restart replaces every pod; never while replicas are still starting or requests
+        # queue, when it would take away capacity that is already short.
+        settled = ready >= current.replicas and snapshot.pending_replicas == 0
         if not (
             confident
+            and binding
+            and settled
             and gain >= cfg.retune_gain
-            and (lowering or not queued)
+            and not queued
             and (now_s - last_retune >= cfg.retune_cooldown_s or (itl_violated and lowering))
         ):
             retune = current.max_num_seqs
@@ -294,7 +307,8 @@ class SlotunePolicy:
                     f"predicted: {needed_up} replicas keep each below "
                     f"{per_replica_cap:.0f} concurrent requests"
                 )
-        elif down_target < current.replicas:
+        elif down_target < current.replicas and steady_window:
+            # One step down per window: the next decision should see the effect of this one.
             step = current.replicas - max(1, math.floor(current.replicas * cfg.max_step_down))
             target = max(down_target, step)
             reason = "OverProvisioned"
@@ -325,6 +339,8 @@ class SlotunePolicy:
                 )
         target = _clamp(target, floor, max(ceiling, floor))
 
+        if target != current.replicas or retune != current.max_num_seqs:
+            mem["lastChange"] = now_s
         if retune != current.max_num_seqs:
             mem["lastRetune"] = now_s
             if reason == "Steady":
