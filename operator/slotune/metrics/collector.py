@@ -24,8 +24,13 @@ class PrometheusApi(Protocol):
 
 def connect(url: str) -> PrometheusApi:
     from prometheus_api_client import PrometheusConnect
+    from urllib3.util.retry import Retry
 
-    api: PrometheusApi = PrometheusConnect(url=url, disable_ssl=False, timeout=10)
+    # No client-side retries: the next cycle is the retry. The library's default (3 with
+    # backoff) held every LLMService's reconcile for ~6 s per refresh while Prometheus was down.
+    api: PrometheusApi = PrometheusConnect(
+        url=url, disable_ssl=False, timeout=5, retry=Retry(total=0)
+    )
     return api
 
 

@@ -247,6 +247,7 @@ class SlotunePolicy:
             confident
             and binding
             and settled
+            and steady_window
             and gain >= cfg.retune_gain
             and not queued
             and (now_s - last_retune >= cfg.retune_cooldown_s or (itl_violated and lowering))
