@@ -7,7 +7,9 @@ bench/RESULTS.md. Usage:
     .venv/bin/python bench/bench_policy.py [--quick] [--out DIR]
 
 `--quick` keeps the two 1-hour synthetic scenarios only (a few minutes on 2 cores); the full
-set adds the Azure conversation and code traces scaled x20 and the Mooncake trace.
+set adds the Azure conversation and code traces scaled x20 and the Mooncake trace. `--sweep`
+instead runs each baseline over its main setting (HPA utilisation target, KPA concurrency
+target, static replica count) on the quick scenarios, to draw its GPU-hours vs attainment curve.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ FULL = {
     "mooncake": ["--trace", "mooncake-synthetic", "--duration", "1h"],
 }
 POLICIES = "slotune,hpa,kpa,saturation,static,oracle"
+SWEEPS = {
+    "hpa": ("target", ("0.2", "0.3", "0.4", "0.5", "0.7", "0.9")),
+    "kpa": ("target", ("5", "10", "20", "40", "70")),
+    "static": ("replicas", ("2", "3", "4", "5", "6")),
+}
 COLUMNS = (
     "gpu_hours",
     "ratio_to_oracle",
@@ -76,9 +83,36 @@ def run(name: str, args: list[str], slo: str, out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sweep(name: str, args: list[str], slo: str, out: Path) -> str:
+    """Each baseline setting on its own run; slotune's default next to them."""
+    ttft, itl = SLO_CLASSES[slo]
+    rows = ["| policy | setting | GPU-h | windows ok | goodput |", "|---|---|---|---|---|"]
+    runs = [("slotune", "", "default")] + [
+        (policy, f"{policy}.{field}={value}", f"{field}={value}")
+        for policy, (field, values) in SWEEPS.items()
+        for value in values
+    ]
+    for policy, option, label in runs:
+        path = out / f"sweep-{name}-{slo}-{policy}-{label}.json"
+        command = [
+            sys.executable, "-m", "slotune.cli", "sim", *args, "--slo-ttft", ttft,
+            "--slo-itl", itl, "--policies", policy, "--no-progress", "--json", str(path),
+        ]  # fmt: skip
+        if option:
+            command += ["--policy-option", option]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        numbers = json.loads(path.read_text())["policies"][policy]
+        rows.append(
+            f"| {policy} | {label} | {numbers['gpu_hours']:.3g} | "
+            f"{100 * numbers['window_attainment']:.1f}% | {100 * numbers['request_goodput']:.1f}% |"
+        )
+    return f"#### sweep: {name}, {slo}\n\n" + "\n".join(rows) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--sweep", action="store_true", help="sweep the baselines' settings")
     parser.add_argument("--out", type=Path, default=Path("out/bench-policy"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -86,8 +120,11 @@ def main() -> int:
     print(f"machine: {platform.node()} {platform.machine()}, python {platform.python_version()}")
     print(f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n")
     for slo in SLO_CLASSES:
-        for name, scenario in (QUICK if args.quick else FULL).items():
-            print(run(name, scenario, slo, args.out), flush=True)
+        for name, scenario in (QUICK if args.quick or args.sweep else FULL).items():
+            if args.sweep:
+                print(sweep(name, scenario, slo, args.out), flush=True)
+            else:
+                print(run(name, scenario, slo, args.out), flush=True)
     return 0
 
 
