@@ -89,10 +89,18 @@ def cmd_crd(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import os
 
+    from slotune.controller.config import ALERT_SPEEDUP_ENV, OperatorConfig
+
     if args.resync_seconds is not None:
         os.environ["SLOTUNE_RESYNC_SECONDS"] = str(args.resync_seconds)
     if args.prometheus_url:
         os.environ["SLOTUNE_PROMETHEUS_URL"] = args.prometheus_url
+    if args.alert_speedup is not None:
+        os.environ[ALERT_SPEEDUP_ENV] = args.alert_speedup
+    try:
+        OperatorConfig.from_env()
+    except ValueError as error:
+        raise CliError(str(error)) from error
     # The Helm chart configures logging through the environment; --verbose wins.
     level = "debug" if args.verbose else os.environ.get("SLOTUNE_LOG_LEVEL", "info").lower()
     log_format = os.environ.get("SLOTUNE_LOG_FORMAT", "full").lower()
@@ -162,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--prometheus-url", help="default Prometheus URL (SLOTUNE_PROMETHEUS_URL)")
     run.add_argument(
         "--resync-seconds", type=float, help="status refresh and drift repair interval (15)"
+    )
+    run.add_argument(
+        "--alert-speedup",
+        metavar="N",
+        help="divide every SLO alert window and `for` by N (SLOTUNE_ALERT_SPEEDUP; default 1): "
+        "for tests and demos only, e.g. 60 pages within about a minute of a burn",
     )
     run.add_argument(
         "--liveness",

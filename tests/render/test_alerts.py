@@ -29,6 +29,8 @@ from slotune.render.alerts import (
     histogram_buckets,
     rule_name,
     slo_alerts,
+    sped_up_burn_rates,
+    window_seconds,
 )
 from slotune.render.render import render_children, to_yaml
 from slotune.sim import vllm_metrics
@@ -118,6 +120,53 @@ def test_workbook_tiers() -> None:
         ("6h", "30m", 6.0, "critical"),
         ("3d", "6h", 1.0, "warning"),
     ]
+
+
+def test_a_speedup_divides_every_window_and_for_and_keeps_the_burn_factors() -> None:
+    tiers = [
+        (t.severity, t.long_window, t.short_window, t.factor, t.for_)
+        for t in sped_up_burn_rates(60)
+    ]
+    assert tiers == [
+        ("critical", "1m", "5s", 14.4, "2s"),
+        ("critical", "6m", "30s", 6.0, "15s"),
+        ("warning", "72m", "6m", 1.0, "1m"),
+    ]
+    assert sped_up_burn_rates(1) == WORKBOOK_BURN_RATES
+
+
+@pytest.mark.parametrize("speedup", [0, 0.5, -2, math.nan, math.inf])
+def test_a_speedup_below_one_is_refused(speedup: float) -> None:
+    with pytest.raises(ValueError, match="speedup"):
+        sped_up_burn_rates(speedup)
+
+
+@given(st.floats(min_value=1, max_value=1e6))
+def test_sped_up_durations_are_whole_seconds_at_least_one(speedup: float) -> None:
+    for old, new in zip(WORKBOOK_BURN_RATES, sped_up_burn_rates(speedup), strict=True):
+        for before, after in (
+            (old.long_window, new.long_window),
+            (old.short_window, new.short_window),
+            (old.for_, new.for_),
+        ):
+            seconds = window_seconds(after)
+            assert seconds == max(1, round(window_seconds(before) / speedup)), (before, after)
+        assert window_seconds(new.short_window) <= window_seconds(new.long_window)
+
+
+@needs_promtool
+def test_promtool_accepts_sped_up_rules_named_after_their_windows(tmp_path: Path) -> None:
+    service = load(ROOT / "examples" / "llama-3-8b-h100.yaml")
+    groups = slo_alerts(service, sped_up_burn_rates(60)).rule_groups
+    records = {r["record"] for g in groups for r in g["rules"] if "record" in r}
+    assert {
+        rule_name("ttft", "over_target:ratio_rate5s"),
+        rule_name("ttft", "over_target:ratio_rate72m"),
+    } <= records
+    alerts = [r for g in groups for r in g["rules"] if "alert" in r]
+    assert {a["for"] for a in alerts} == {"2s", "15s", "1m"}
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
+    assert "SUCCESS" in promtool("check", "rules", "rules.yaml", cwd=tmp_path)
 
 
 def test_thresholds_are_burn_factor_times_budget_capped_at_one() -> None:

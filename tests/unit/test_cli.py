@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,20 @@ def test_missing_file_and_out_of_bounds_knobs(tmp_path: Path) -> None:
         too_many.returncode == 2
         and "--replicas=99 is outside the spec's bounds [1, 8]" in too_many.stderr
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [(["--alert-speedup", "0.5"], {}), ([], {"SLOTUNE_ALERT_SPEEDUP": "fast"})],
+)
+def test_run_refuses_an_alert_speedup_below_one(args: list[str], env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "slotune.cli", "run", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **env},
+    )
+    assert result.returncode == 2, result.stderr
+    assert "SLOTUNE_ALERT_SPEEDUP=" in result.stderr and "Traceback" not in result.stderr

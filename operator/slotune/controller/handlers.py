@@ -24,9 +24,11 @@ from slotune.controller.config import OperatorConfig
 from slotune.controller.reconcile import Tuner, reconcile
 from slotune.metrics.collector import MetricsCollector
 from slotune.policy.slotune import SlotunePolicy
+from slotune.render.alerts import sped_up_burn_rates
 
 CONFIG = OperatorConfig.from_env()
 PREFIX = "slotune.dev"
+log = logging.getLogger(__name__)
 
 
 def _client() -> DynamicClient:
@@ -52,6 +54,14 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.applier = Applier(memo.client)
     collector = MetricsCollector(on_query_error=telemetry.count_query_error)
     memo.tuner = Tuner(collector, SlotunePolicy(), CONFIG.prometheus_url)
+    memo.burn_rates = sped_up_burn_rates(CONFIG.alert_speedup)
+    if CONFIG.alert_speedup != 1:
+        log.warning(
+            "SLO alert windows and `for` durations are %gx shorter than the SRE workbook's "
+            "(%s): for tests and demos only",
+            CONFIG.alert_speedup,
+            ", ".join(f"{t.long_window}/{t.short_window} for {t.for_}" for t in memo.burn_rates),
+        )
     # When each object was last tuned, in this process. Not persisted: after a restart the
     # first cycle comes at once, and the policy's own memory (in status) keeps its cooldowns.
     memo.last_tuned = {}
@@ -74,7 +84,14 @@ def _tuning_due(body: kopf.Body, memo: kopf.Memo, now: datetime) -> bool:
 def _sync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
     now = datetime.now(UTC)
     try:
-        outcome = reconcile(body, memo.applier, now, memo.tuner, _tuning_due(body, memo, now))
+        outcome = reconcile(
+            body,
+            memo.applier,
+            now,
+            memo.tuner,
+            _tuning_due(body, memo, now),
+            burn_rates=memo.burn_rates,
+        )
     except (ApiException, urllib3.exceptions.HTTPError) as error:
         # The apiserver hiccuped (or RBAC is missing): retry later, never crash the operator.
         reason = getattr(error, "reason", None) or type(error).__name__

@@ -6,7 +6,7 @@ clock and receives the status fields that changed plus the Events to post.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,7 +24,7 @@ from slotune.controller.workload import summarize
 from slotune.metrics.collector import MetricsCollector
 from slotune.metrics.snapshot import to_snapshot
 from slotune.policy.types import Policy, PolicySpec
-from slotune.render.alerts import slo_alerts
+from slotune.render.alerts import WORKBOOK_BURN_RATES, BurnRateAlert, slo_alerts
 from slotune.render.render import PAUSED_ANNOTATION, initial_knobs, render_children, selector_labels
 
 
@@ -96,9 +96,12 @@ def reconcile(
     now: datetime,
     tuner: Tuner | None = None,
     tuning_due: bool = False,
+    *,
+    burn_rates: Sequence[BurnRateAlert] = WORKBOOK_BURN_RATES,
 ) -> Outcome:
     """One pass over one LLMService. With a `tuner`, metrics are read and, when `tuning_due`,
-    the policy decides before the children are applied, so its knobs land in the same pass."""
+    the policy decides before the children are applied, so its knobs land in the same pass.
+    `burn_rates` are the SLO alert tiers (shortened only for tests and demos)."""
     outcome = Outcome()
     status: Mapping[str, Any] = body.get("status") or {}
     meta = body.get("metadata", {})
@@ -144,7 +147,7 @@ def reconcile(
                 knobs = tuned.knobs
                 fields.update(tuned.status)
                 outcome.events += tuned.events
-        alerts = slo_alerts(service)
+        alerts = slo_alerts(service, burn_rates)
         fields["alertBuckets"] = alerts.status()
         conflict = None
         if not paused:

@@ -76,6 +76,37 @@ WORKBOOK_BURN_RATES: Final[tuple[BurnRateAlert, ...]] = (
     BurnRateAlert("warning", "3d", "6h", 1.0, "1h"),
 )
 
+
+def sped_up_burn_rates(
+    speedup: float, tiers: Sequence[BurnRateAlert] = WORKBOOK_BURN_RATES
+) -> tuple[BurnRateAlert, ...]:
+    """`tiers` with every window and `for` divided by `speedup`, for tests and demos.
+
+    The burn factors (so the thresholds) stay; only time runs faster: with 60, the first page
+    reads 1m and 5s windows and fires after 2s. Durations round to whole seconds (1s at least).
+    A short window must still hold a few scrapes or its `rate()` is empty and the alert never
+    fires: 60 suits a scrape interval of 1-2 s. 1 returns the tiers unchanged.
+    """
+    if not math.isfinite(speedup) or speedup < 1:
+        raise ValueError(f"the alert speedup must be a number >= 1, not {speedup!r}")
+    if speedup == 1:
+        return tuple(tiers)
+
+    def faster(duration: str) -> str:
+        return format_duration(max(1, round(window_seconds(duration) / speedup)))
+
+    return tuple(
+        BurnRateAlert(
+            tier.severity,
+            faster(tier.long_window),
+            faster(tier.short_window),
+            tier.factor,
+            faster(tier.for_),
+        )
+        for tier in tiers
+    )
+
+
 # -- histogram buckets per engine ---------------------------------------------------------
 
 # SGLang's defaults (python/sglang/srt/metrics/collector.py, TokenizerMetricsCollector).
@@ -291,10 +322,11 @@ def _windows(burn_rates: Sequence[BurnRateAlert]) -> list[str]:
     for tier in burn_rates:
         seen[tier.short_window] = None
         seen[tier.long_window] = None
-    return sorted(seen, key=_window_seconds)
+    return sorted(seen, key=window_seconds)
 
 
-def _window_seconds(window: str) -> float:
+def window_seconds(window: str) -> float:
+    """Seconds in a Prometheus duration of one unit (`5m`, `6h`, `3d`)."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
     return float(window[:-1]) * units[window[-1]]
 
@@ -318,7 +350,8 @@ def slo_alerts(
 ) -> SloAlerts:
     """The recording rules and burn-rate alerts of `service`, for `render_children`.
 
-    `burn_rates` may be shortened (tests and the sandbox use minutes instead of days).
+    `burn_rates` may be shortened (`sped_up_burn_rates`: tests and demos use seconds and
+    minutes instead of hours and days).
     """
     spec = service.spec
     ns, name = service.metadata.namespace, service.metadata.name
