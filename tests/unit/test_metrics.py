@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import pytest
 import requests
 
 from slotune.api.resource import parse_spec
@@ -84,5 +85,8 @@ def test_snapshot_quantiles_freshness_and_missing_is_none() -> None:
     assert snap is not None and snap.age_s == 10 and snap.request_rate == 3.0
     # 95% of 10 = 9.5 lies in (0.5, +Inf]: histogram_quantile answers the highest finite bound.
     assert snap.ttft == 0.5
+    # 10 observations, 5 above 0.1, 1 above 0.5; 500 ms lies on a bound, 25 ms inside (0, 0.1].
+    assert snap.ttft_over == 0.1
+    assert snap.itl_over == pytest.approx(1 - 5 * 0.25 / 10)
     assert to_snapshot(None, SPEC, 1, 0, 1000) is None
     assert quantile({0.1: 0.0, math.inf: 0.0}, 95) is None  # no traffic is not zero latency

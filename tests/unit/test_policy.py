@@ -186,10 +186,11 @@ def plant(setting: Setting, rate: float, now: float) -> MetricsSnapshot:
     else:
         n = setting.max_num_seqs
         running, waiting, ttft = n * setting.replicas, 50.0 * setting.replicas, 3.0
+    itl = (a + b * n) * 1.15
     return snap(
         time_s=now, request_rate=rate, generation_token_rate=rate * out,
-        running=running, waiting=waiting, ttft=ttft,
-        itl=(a + b * n) * 1.15, ready_replicas=setting.replicas,
+        running=running, waiting=waiting, ttft=ttft, itl=itl, ready_replicas=setting.replicas,
+        itl_over=min(1.0, 0.05 * (itl / SPEC.itl_target_s) ** 3),  # 5% over at the target
     )  # fmt: skip
 
 
@@ -220,3 +221,49 @@ def test_a_limit_that_does_not_bind_is_left_alone() -> None:
         )
         memory = dict(decision.memory)
         assert decision.setting.max_num_seqs == CURRENT.max_num_seqs
+
+
+def burn_snap(rate: float, replicas: int, now: float, k: float = 0.002) -> MetricsSnapshot:
+    """A fleet whose ITL budget burn follows burn = k * (req/s per replica) ** 1.5."""
+    x = rate / replicas
+    burn = k * x**1.5
+    return snap(
+        time_s=now, request_rate=rate, generation_token_rate=rate * 200, running=4.0 * rate,
+        ready_replicas=replicas, itl_over=burn, itl=0.012 if burn <= 0.05 else 0.03,
+    )  # fmt: skip
+
+
+def test_budget_model_scales_up_before_the_quantile_breaks() -> None:
+    # Steady at 16 req/s on 4 replicas (burn 1.6% of the 5% budget), then the load climbs
+    # 0.2 req/s every 30 s: the policy adds replicas while p95 ITL is still under target.
+    current, memory = Setting(4, 128, 8192), dict(SETTLED)
+    first_scale_up = None
+    for step in range(60):
+        now = 1000.0 + 30 * step
+        rate = 16.0 if step < 20 else 16.0 + 0.2 * (step - 20)
+        observed = burn_snap(rate, current.replicas, now)
+        decision = POLICY.decide(observed, current, SPEC, memory, now)
+        if decision.setting.replicas > current.replicas and first_scale_up is None:
+            first_scale_up = (observed, decision)
+        current, memory = decision.setting, dict(decision.memory)
+    assert first_scale_up is not None
+    observed, decision = first_scale_up
+    assert observed.itl is not None and observed.itl <= SPEC.itl_target_s
+    assert decision.reason == "ITLAboveTarget" and "budget" in decision.message
+
+
+def test_a_surge_window_does_not_teach_the_budget_model() -> None:
+    memory: dict[str, Any] = dict(SETTLED)
+    current = Setting(4, 128, 8192)
+    for step in range(12):  # six minutes at 16 req/s: learns k from 1.6% burn at 4 req/s
+        now = 1000.0 + 30 * step
+        memory = dict(POLICY.decide(burn_snap(16.0, 4, now), current, SPEC, memory, now).memory)
+    learned = dict(memory["burn"])
+    # The load triples within the window and a queue forms: a transient, not a capacity.
+    for step in range(12, 16):
+        now = 1000.0 + 30 * step
+        surge = replace(
+            burn_snap(16.0 + 8 * (step - 11), 4, now), itl_over=0.3, itl=0.08, waiting=400.0
+        )
+        memory = dict(POLICY.decide(surge, current, SPEC, memory, now).memory)
+    assert memory["burn"] == learned

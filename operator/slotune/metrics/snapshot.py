@@ -65,6 +65,17 @@ def quantile(bucket_rates: Mapping[float, float] | None, percentile: float) -> f
     return None if math.isnan(value) else value
 
 
+def fraction_above(bucket_rates: Mapping[float, float] | None, target: float) -> float | None:
+    """The fraction of observations above `target` (the SLO's budget burn); None without
+    traffic. Interpolated inside a bucket as `histogram_quantile` does."""
+    if not bucket_rates or math.inf not in bucket_rates:
+        return None
+    bounds = tuple(sorted(b for b in bucket_rates if b != math.inf))
+    cumulative = (*(bucket_rates[b] for b in bounds), bucket_rates[math.inf])
+    value = HistogramSnapshot(bounds, cumulative, 0.0).fraction_above(target)
+    return None if math.isnan(value) else value
+
+
 def to_snapshot(
     series: ServiceSeries | None,
     spec: PolicySpec,
@@ -92,4 +103,6 @@ def to_snapshot(
         kv_cache_usage=scalars.get(GAUGES[2]),
         ready_replicas=ready_replicas,
         pending_replicas=pending_replicas,
+        ttft_over=fraction_above(series.buckets.get("ttft"), spec.ttft_target_s),
+        itl_over=fraction_above(series.buckets.get("itl"), spec.itl_target_s),
     )

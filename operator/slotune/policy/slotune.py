@@ -13,10 +13,17 @@ The idea, in three steps each cycle:
    excess requests wait, TTFT rises, and step 3 adds replicas. Changing the limit restarts the
    servers, so it is changed only when the gain is large and not more often than a cooldown.
 3. Choose the fewest replicas that keep every replica below a utilisation of that batch limit
-   (demand = running + waiting, Little's law) and below the token throughput the fitted model
-   allows, within min/max and the GPU budget. Scale up at once (bounded step) on a predicted
-   or observed violation; scale down only when the smaller count has kept being enough for the
-   whole stabilisation window, one bounded step at a time.
+   (demand = running + waiting, Little's law) and within the ITL error budget, within min/max
+   and the GPU budget. The budget model: the fraction of inter-token latencies over the target
+   (the SLO's burn, read from the histogram) grows with the requests per second each replica
+   takes, x, as burn = k * x^1.5 (each arrival's prefill stalls the decodes running beside it;
+   measured in the simulator, burn/x grows ~1.4-1.8x from 2 to 12 req/s per replica). k is
+   learned from every window, so this holds for models and GPUs no profile describes, and it
+   still says how much room is left while the quantile is comfortably under target, which is
+   what lets the policy scale before a violation instead of after it. Load is forecast one
+   cold start ahead from the trend of the request rate. Scale up at once (bounded step) on a
+   predicted or observed violation; scale down only when the smaller count has kept being
+   enough for the whole stabilisation window, one bounded step at a time.
 
 Everything it needs to remember (fit statistics, recommendation history, cooldowns) is in the
 small `memory` dict that the operator keeps in the LLMService status.
@@ -53,6 +60,15 @@ class SlotuneConfig:
     min_observed_batch: float = 0.5  # below this the ITL samples say little about the slope
     min_fit_samples: float = 5.0  # (forgotten-weighted) observations before any retune
     binding_fraction: float = 0.8  # retune only when replicas run at >= 80% of the limit
+    burn_exponent: float = 1.5  # burn = k * (requests/s per replica) ** exponent
+    budget_use_up: float = 0.9  # size replicas to burn at most 90% of the error budget
+    budget_use_down: float = 0.75  # ... and remove one only if it stays under 75%
+    min_window_tokens: float = 2000.0  # ITL samples in a window before it teaches the model
+    min_burn_samples: float = 3.0  # (forgotten-weighted) windows before the model sizes replicas
+    max_load_change: float = 0.5  # learn only from windows whose load moved less than this
+    lead_s: float = 150.0  # forecast this far ahead: a cold start plus a tuning interval
+    trend_horizon_s: float = 180.0  # fit the request rate's trend over this much history
+    scale_down_spacing_s: float = 120.0  # between steps down once the budget model is trusted
 
 
 @dataclass(frozen=True)
@@ -160,6 +176,55 @@ def _concurrency_model(
     return per_replica
 
 
+@dataclass(frozen=True)
+class BurnModel:
+    """burn = k * x^beta, k by forgetting ratio sums: k = sum(w * burn) / sum(w * x^beta)."""
+
+    burn: float = 0.0
+    load: float = 0.0
+    w: float = 0.0
+
+    def add(self, x: float, burn: float, beta: float, forgetting: float) -> BurnModel:
+        f = forgetting
+        return BurnModel(self.burn * f + burn, self.load * f + x**beta, self.w * f + 1.0)
+
+    def capacity(self, budget: float, beta: float) -> float:
+        """Requests/s one replica takes before burning `budget`; inf before any burn."""
+        if self.burn <= 0 or self.load <= 0:
+            return math.inf
+        k = self.burn / self.load
+        return float((budget / k) ** (1 / beta))
+
+
+def _window_mean_ready(
+    mem: dict[str, Any], now_s: float, ready: int, spec: PolicySpec
+) -> float | None:
+    """Ready replicas averaged over the SLO window (the window's quantiles and rates are
+    averages too), or None until the remembered history spans the window."""
+    history = [h for h in mem.get("readyHistory", []) if now_s - h[0] < spec.window_s]
+    history.append([now_s, ready])
+    mem["readyHistory"] = history[-32:]
+    if now_s - history[0][0] < spec.window_s - 1.5 * spec.interval_s:
+        return None
+    return float(sum(h[1] for h in history)) / len(history)
+
+
+def _trend(mem: dict[str, Any], now_s: float, rate: float, horizon_s: float) -> float:
+    """The request rate's slope (1/s^2) over the last `horizon_s`, by least squares."""
+    points = [p for p in mem.get("rates", []) if 0 < now_s - p[0] <= horizon_s]
+    points.append([now_s, rate])
+    mem["rates"] = points[-16:]
+    if len(points) < 3:
+        return 0.0
+    mean_t = sum(p[0] for p in points) / len(points)
+    mean_r = sum(p[1] for p in points) / len(points)
+    sxx = sum((p[0] - mean_t) ** 2 for p in points)
+    if sxx <= 0:
+        return 0.0
+    slope: float = sum((p[0] - mean_t) * (p[1] - mean_r) for p in points) / sxx
+    return slope
+
+
 def _fewest(concurrency: Callable[[int], float], limit: float, ceiling: int) -> int:
     """The fewest replicas (up to ceiling + 1, meaning "more than allowed") under `limit`."""
     for replicas in range(1, ceiling + 1):
@@ -217,6 +282,32 @@ class SlotunePolicy:
         anchor = mem.get("anchor")
         line = _with_prior(fit, anchor[0], anchor[1], cfg).line() if anchor else None
 
+        # 1b. Learn the ITL budget model: this window's burn at its requests/s per replica.
+        rate = snapshot.request_rate or 0.0
+        beta = cfg.burn_exponent
+        mean_ready = _window_mean_ready(mem, now_s, ready, spec)
+        burn_model = BurnModel(**mem.get("burn", {}))
+        slope = _trend(mem, now_s, rate, cfg.trend_horizon_s)
+        retuned_in_window = now_s - float(mem.get("lastRetune", -math.inf)) < spec.window_s
+        window_tokens = (snapshot.generation_token_rate or 0.0) * spec.window_s
+        # A window that saw a surge (load moving by half or more across it, or a queue) pairs
+        # a lagging rate with a transient burn: it would teach a capacity far too low.
+        settled_load = (
+            abs(slope) * spec.window_s <= cfg.max_load_change * rate
+            and (snapshot.waiting or 0.0) <= ready
+        )
+        if (
+            snapshot.itl_over is not None
+            and mean_ready
+            and rate > 0
+            and settled_load
+            and not retuned_in_window
+            and window_tokens >= cfg.min_window_tokens
+        ):
+            burn_model = burn_model.add(rate / mean_ready, snapshot.itl_over, beta, cfg.forgetting)
+            mem["burn"] = burn_model.__dict__
+        burn_trusted = burn_model.w >= cfg.min_burn_samples
+
         # 2. The concurrency per replica at which the fitted ITL reaches the goal. It sizes
         # replicas, and becomes the batch limit when moving there is worth a restart.
         seqs_low, seqs_high = spec.max_num_seqs_bounds
@@ -254,14 +345,30 @@ class SlotunePolicy:
         ):
             retune = current.max_num_seqs
 
-        # 3. Replicas: the fewest whose predicted concurrency per replica stays below both the
-        # batch limit (beyond it requests queue) and the concurrency at which ITL hits the goal.
-        per_replica_cap = max(1.0, min(float(retune), capacity))
+        # 3. Replicas: the fewest whose predicted concurrency per replica stays below the
+        # batch limit (beyond it requests queue) and whose forecast load keeps the ITL burn
+        # within the budget (before the budget model is trusted: below the concurrency at
+        # which the fitted ITL line reaches the goal).
+        if burn_trusted:
+            per_replica_cap = max(1.0, float(retune))
+        else:
+            per_replica_cap = max(1.0, min(float(retune), capacity))
         ceiling, floor = spec.replica_ceiling, spec.min_replicas
         demand = (snapshot.running or 0.0) + (snapshot.waiting or 0.0)
-        concurrency = _concurrency_model(snapshot, line, _arrival_rate(snapshot, mem, now_s))
+        arrival = _arrival_rate(snapshot, mem, now_s)
+        concurrency = _concurrency_model(snapshot, line, arrival)
         needed_up = _fewest(concurrency, cfg.target_utilisation * per_replica_cap, ceiling)
         needed_down = _fewest(concurrency, cfg.scale_down_utilisation * per_replica_cap, ceiling)
+        # The window's rate lags a ramp by half a window; a new replica serves a lead later.
+        forecast = arrival + max(0.0, slope) * (spec.window_s / 2 + cfg.lead_s)
+        budget = 1 - spec.itl_percentile / 100
+        burn_needs = 0
+        if burn_trusted:
+            up_capacity = burn_model.capacity(cfg.budget_use_up * budget, beta)
+            down_capacity = burn_model.capacity(cfg.budget_use_down * budget, beta)
+            burn_needs = min(ceiling + 1, math.ceil(forecast / up_capacity))
+            needed_up = max(needed_up, burn_needs)
+            needed_down = max(needed_down, min(ceiling + 1, math.ceil(forecast / down_capacity)))
         ttft = snapshot.ttft
         reason: Reason = "Steady"
         message = "latencies within target"
@@ -274,7 +381,8 @@ class SlotunePolicy:
             reason = "TTFTAboveTarget"
             message = f"p{spec.ttft_percentile:g} TTFT {ttft:.3f}s > {spec.ttft_target_s:g}s"
         elif itl_violated:
-            if retune >= current.max_num_seqs:
+            # The budget model already sizes for the burn it just saw; without it, one more.
+            if retune >= current.max_num_seqs and not burn_trusted:
                 needed_up = max(needed_up, ready + 1)
             reason = "ITLAboveTarget"
             message = f"p{spec.itl_percentile:g} ITL {snapshot.itl:.4f}s > {spec.itl_target_s:g}s"
@@ -301,14 +409,22 @@ class SlotunePolicy:
         if needed_up > current.replicas:
             step = current.replicas + max(1, math.ceil(current.replicas * cfg.max_step_up))
             target = min(needed_up, step)
-            if reason == "Steady":
+            if reason == "Steady" and burn_needs >= needed_up:
+                reason = "ITLAboveTarget"
+                message = (
+                    f"predicted: {forecast:.1f} req/s need {needed_up} replicas to keep the "
+                    f"ITL burn under {cfg.budget_use_up:.0%} of its budget"
+                )
+            elif reason == "Steady":
                 itl_bound = capacity < retune
                 reason = "ITLAboveTarget" if itl_bound else "TTFTAboveTarget"
                 message = (
                     f"predicted: {needed_up} replicas keep each below "
                     f"{per_replica_cap:.0f} concurrent requests"
                 )
-        elif down_target < current.replicas and steady_window:
+        elif down_target < current.replicas and (
+            steady_window or (burn_trusted and now_s - last_change >= cfg.scale_down_spacing_s)
+        ):
             # One step down per window: the next decision should see the effect of this one.
             step = current.replicas - max(1, math.floor(current.replicas * cfg.max_step_down))
             target = max(down_target, step)
@@ -344,6 +460,7 @@ class SlotunePolicy:
             mem["lastChange"] = now_s
         if retune != current.max_num_seqs:
             mem["lastRetune"] = now_s
+            mem.pop("burn", None)  # the budget model describes one batch setting
             if reason == "Steady":
                 reason = "ITLAboveTarget" if retune < current.max_num_seqs else "OverProvisioned"
                 message = (

@@ -81,6 +81,10 @@ class MetricsSnapshot:
     # Per-server gauges; empty where the source does not break them down (the operator's
     # aggregated queries), so policies must not require them.
     pods: tuple[PodMetrics, ...] = ()
+    # The fraction of the window's observations above the SLO target (the error budget's
+    # burn: the SLO holds while it is at most 1 - percentile/100); None as for the quantiles.
+    ttft_over: float | None = None
+    itl_over: float | None = None
 
 
 @dataclass(frozen=True)

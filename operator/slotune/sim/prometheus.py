@@ -78,17 +78,25 @@ def extrapolated_rate(
     return increase * (sampled + to_start + to_end) / sampled / range_s
 
 
-def histogram_quantile(q: float, bounds: Sequence[float], cumulative: Sequence[float]) -> float:
-    """``histogram_quantile`` over summed bucket rates (NaN without observations).
-
-    Like Prometheus, buckets made non-monotonic by extrapolation are first made monotonic.
-    """
+def _monotonic(bounds: Sequence[float], cumulative: Sequence[float]) -> HistogramSnapshot:
+    """Summed bucket rates as a histogram; like Prometheus, buckets made non-monotonic by
+    extrapolation are first made monotonic."""
     fixed: list[float] = []
     running = 0.0
     for c in cumulative:
         running = max(running, c)
         fixed.append(running)
-    return HistogramSnapshot(tuple(bounds), tuple(fixed), 0.0).quantile(q)
+    return HistogramSnapshot(tuple(bounds), tuple(fixed), 0.0)
+
+
+def histogram_quantile(q: float, bounds: Sequence[float], cumulative: Sequence[float]) -> float:
+    """``histogram_quantile`` over summed bucket rates (NaN without observations)."""
+    return _monotonic(bounds, cumulative).quantile(q)
+
+
+def fraction_above(threshold: float, bounds: Sequence[float], cumulative: Sequence[float]) -> float:
+    """The fraction of the summed bucket rates above ``threshold`` (NaN without observations)."""
+    return _monotonic(bounds, cumulative).fraction_above(threshold)
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +276,12 @@ class PrometheusView:
             value = histogram_quantile(percentile / 100, self.visible[name], bucket_rates[h])
             return None if math.isnan(value) else value
 
+        def over(h: int, target: float) -> float | None:
+            if not have_rate:
+                return None
+            value = fraction_above(target, self.visible[LATENCY_HISTOGRAMS[h]], bucket_rates[h])
+            return None if math.isnan(value) else value
+
         pods: list[PodMetrics] = []
         newest = -math.inf
         for name, series in alive:
@@ -306,4 +320,6 @@ class PrometheusView:
             ready_replicas=cluster.ready_replicas,
             pending_replicas=cluster.pending_replicas,
             pods=tuple(pods),
+            ttft_over=over(0, spec.ttft_target_s),
+            itl_over=over(1, spec.itl_target_s),
         )

@@ -177,6 +177,27 @@ class HistogramSnapshot:
             return self.bounds[index]
         return lower + (self.bounds[index] - lower) * (rank - below) / in_bucket
 
+    def fraction_above(self, threshold: float) -> float:
+        """The fraction of observations above ``threshold``; NaN if empty.
+
+        The inverse of ``quantile``: linear inside the bucket holding ``threshold`` (exact when
+        it is a bucket bound), everything past the highest finite bound counted as above it.
+        It is the SLO's error-budget burn: the target quantile is met when this is at most
+        ``1 - quantile``, and unlike the quantile it still says how much room is left.
+        """
+        total = self.count
+        if total <= 0:
+            return math.nan
+        if threshold >= self.bounds[-1]:
+            return (total - self.cumulative[len(self.bounds) - 1]) / total
+        index = bisect_left(self.bounds, threshold)
+        lower = 0.0 if index == 0 else self.bounds[index - 1]
+        below = 0.0 if index == 0 else self.cumulative[index - 1]
+        in_bucket = self.cumulative[index] - below
+        width = self.bounds[index] - lower
+        within = below + (in_bucket * (threshold - lower) / width if width > 0 else in_bucket)
+        return max(0.0, total - within) / total
+
 
 class Histogram:
     """A Prometheus histogram that takes weighted observations.

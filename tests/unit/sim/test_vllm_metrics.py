@@ -150,6 +150,36 @@ def test_quantile_matches_prometheus_histogram_quantile() -> None:
     assert h.snapshot().minus(earlier).count == 60
 
 
+def test_fraction_above_counts_the_budget_burn() -> None:
+    h = Histogram((0.1, 0.2, 0.4))
+    h.observe(0.05, 10)
+    h.observe(0.15, 10)
+    h.observe(0.3, 20)
+    h.observe(5.0, 10)  # +Inf
+    snap = h.snapshot()
+    assert snap.fraction_above(0.2) == pytest.approx(30 / 50)  # a bound: exact
+    assert snap.fraction_above(0.3) == pytest.approx(20 / 50)  # halfway through (0.2, 0.4]
+    assert snap.fraction_above(0.05) == pytest.approx(45 / 50)  # the first bucket starts at 0
+    assert snap.fraction_above(1.0) == pytest.approx(10 / 50)  # past the last bound: +Inf only
+    assert math.isnan(Histogram((1.0,)).snapshot().fraction_above(0.5))
+
+
+@given(
+    st.lists(st.integers(0, 40), min_size=4, max_size=4).filter(lambda c: sum(c) > 0),
+    st.floats(0.01, 0.99),
+)
+def test_fraction_above_inverts_the_quantile(counts: list[int], q: float) -> None:
+    bounds = (0.1, 0.2, 0.4)
+    h = Histogram(bounds)
+    for value, count in zip((0.05, 0.15, 0.3, 1.0), counts, strict=True):
+        h.observe(value, count)
+    snap = h.snapshot()
+    value = snap.quantile(q)
+    # Inside the finite buckets the two are inverse interpolations of each other.
+    if value < bounds[-1]:
+        assert snap.fraction_above(value) == pytest.approx(1 - q, abs=1e-9)
+
+
 @given(st.lists(st.tuples(st.floats(0, 100, allow_nan=False), st.integers(1, 50)), max_size=40))
 def test_weighted_observations_equal_repeated_ones(observations: list[tuple[float, int]]) -> None:
     weighted, repeated = Histogram(vm.ITL_BUCKETS), Histogram(vm.ITL_BUCKETS)
