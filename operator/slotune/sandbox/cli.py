@@ -55,6 +55,8 @@ def _alive(pid: int) -> bool:
 def cmd_up(args: argparse.Namespace) -> int:
     from slotune.cli import CliError
 
+    if not args.alert_speedup >= 1:
+        raise CliError(f"--alert-speedup {args.alert_speedup:g}: use a number >= 1")
     work = _work_dir(args)
     state = _state(work)
     if state and _alive(int(state["pid"])):
@@ -112,7 +114,7 @@ def _supervise(args: argparse.Namespace, work: Path) -> int:
         with Sandbox(work, config, progress=say) as sandbox:
             if args.operator:
                 sandbox.install_crd()
-                sandbox.start_operator()
+                sandbox.start_operator(alert_speedup=args.alert_speedup)
                 say("CRD installed, operator started")
             sandbox.write_state(ready=True, operator=bool(args.operator))
             say("up; `slotune sandbox down` stops it")
@@ -249,6 +251,14 @@ def register(commands: Any) -> None:
     up.add_argument("--ready-delay", type=float, default=10.0, help="model load time, seconds")
     up.add_argument("--scrape-interval", type=float, default=5.0, help="Prometheus, seconds")
     up.add_argument("--operator", action="store_true", help="also install the CRD and run slotune")
+    up.add_argument(
+        "--alert-speedup",
+        type=float,
+        default=1.0,
+        metavar="N",
+        help="with --operator: SLO alert windows and `for` N times shorter, so a burn pages "
+        "within minutes (60 wants --scrape-interval 1 or 2); default 1, the real windows",
+    )
     up.add_argument("--foreground", action="store_true", help="stay attached until Ctrl-C")
     up.set_defaults(handler=cmd_up)
     actions.add_parser("status", help="what runs, where").set_defaults(handler=cmd_status)

@@ -1,7 +1,9 @@
 """A real Prometheus (Debian's package) as a plain process on loopback, scraping the emulators.
 
 Targets come from file-based service discovery: the pod bridge writes the file, with the
-``namespace``, ``pod`` and ``llmservice`` labels a PodMonitor's relabelings would give.
+``namespace``, ``pod`` and ``llmservice`` labels a PodMonitor's relabelings would give. Rules
+come from ``rules_dir/*.yaml``, which the rule sync (``slotune.sandbox.rules``) fills from the
+cluster's PrometheusRules and reloads through ``POST /-/reload`` (``--web.enable-lifecycle``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import yaml
 
 from slotune.sandbox import processes
 from slotune.sandbox.controlplane import LOOPBACK
+from slotune.sandbox.rules import RULE_FILE_GLOB
 
 JOB = "llm-servers"
 
@@ -34,10 +37,15 @@ def find_prometheus() -> str:
     return exe
 
 
-def config(targets_file: Path, scrape_interval_s: float) -> dict[str, Any]:
+def config(
+    targets_file: Path, scrape_interval_s: float, rules_dir: Path | None = None
+) -> dict[str, Any]:
     interval = f"{scrape_interval_s:g}s"
+    rule_files = {"rule_files": [str(rules_dir / RULE_FILE_GLOB)]} if rules_dir else {}
     return {
+        # Rules are evaluated as often as targets are scraped.
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        **rule_files,
         "scrape_configs": [
             {
                 "job_name": JOB,
@@ -53,10 +61,18 @@ def config(targets_file: Path, scrape_interval_s: float) -> dict[str, Any]:
 class Prometheus:
     """Start, stop and start again (same port, same data: the e2e outage test does this)."""
 
-    def __init__(self, work_dir: Path, targets_file: Path, *, scrape_interval_s: float = 5.0):
+    def __init__(
+        self,
+        work_dir: Path,
+        targets_file: Path,
+        *,
+        scrape_interval_s: float = 5.0,
+        rules_dir: Path | None = None,
+    ):
         self.work_dir = work_dir
         self.targets_file = targets_file
         self.scrape_interval_s = scrape_interval_s
+        self.rules_dir = rules_dir
         self.port = processes.free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
         self.config_path = work_dir / "prometheus.yml"
@@ -66,8 +82,12 @@ class Prometheus:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if not self.targets_file.exists():
             self.targets_file.write_text("[]")
+        if self.rules_dir is not None:
+            self.rules_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(
-            yaml.safe_dump(config(self.targets_file, self.scrape_interval_s), sort_keys=False)
+            yaml.safe_dump(
+                config(self.targets_file, self.scrape_interval_s, self.rules_dir), sort_keys=False
+            )
         )
         self.proc = processes.start(
             "prometheus",
@@ -77,6 +97,7 @@ class Prometheus:
                 f"--storage.tsdb.path={self.work_dir / 'data'}",
                 "--storage.tsdb.retention.time=1d",
                 f"--web.listen-address={LOOPBACK}:{self.port}",
+                "--web.enable-lifecycle",  # POST /-/reload after the rule files change
                 "--log.level=warn",
             ],
             self.work_dir / "prometheus.log",

@@ -1,5 +1,9 @@
 """The local sandbox: control plane + fake GPU nodes + Prometheus + pod bridge (+ the operator).
 
+The cluster also serves PrometheusRules (a minimal CRD, unless it has the real one), and a rule
+sync loads every PrometheusRule into the sandbox's Prometheus, so the SLO alerts slotune applies
+are evaluated for real.
+
 ::
 
     with Sandbox(work_dir) as sandbox:
@@ -29,6 +33,7 @@ from slotune.sandbox.bridge import ROUTES_FILE, TARGETS_FILE
 from slotune.sandbox.controlplane import ControlPlane
 from slotune.sandbox.kwok import DEFAULT_GPU_PRODUCT
 from slotune.sandbox.prometheus import Prometheus
+from slotune.sandbox.rules import PROMETHEUS_RULE_CRD
 
 STATE_FILE = "sandbox.json"
 
@@ -65,6 +70,7 @@ class Sandbox:
         self.control_plane: ControlPlane | None = None
         self.prometheus: Prometheus | None = None
         self.bridge: processes.ManagedProcess | None = None
+        self.rule_sync: processes.ManagedProcess | None = None
         self.operator: processes.ManagedProcess | None = None
         self.bin_dir: Path | None = None
 
@@ -77,6 +83,10 @@ class Sandbox:
     @property
     def bridge_dir(self) -> Path:
         return self.work_dir / "bridge"
+
+    @property
+    def rules_dir(self) -> Path:
+        return self.work_dir / "prometheus" / "rules"
 
     @property
     def prometheus_url(self) -> str:
@@ -134,14 +144,28 @@ class Sandbox:
                 f"{self.config.gpu_nodes} fake GPU nodes x {self.config.gpus_per_node} "
                 f"{self.config.gpu_product}"
             )
+            if self._create_crd(PROMETHEUS_RULE_CRD, "the PrometheusRule CRD"):
+                self.progress("PrometheusRule CRD installed (a minimal stand-in)")
             self.bridge_dir.mkdir(parents=True, exist_ok=True)
             self.prometheus = Prometheus(
                 self.work_dir / "prometheus",
                 self.bridge_dir / TARGETS_FILE,
                 scrape_interval_s=self.config.scrape_interval_s,
+                rules_dir=self.rules_dir,
             )
             self.prometheus.start()
             self.progress(f"prometheus at {self.prometheus.url}")
+            self.rule_sync = processes.start(
+                "rules",
+                [
+                    *processes.python_module("slotune.sandbox.rules"),
+                    f"--kubeconfig={self.kubeconfig}",
+                    f"--rules-dir={self.rules_dir}",
+                    f"--prometheus-url={self.prometheus.url}",
+                ],
+                self.work_dir / "logs" / "rules.log",
+            )
+            self.progress("rule sync loading PrometheusRules into Prometheus")
             self.bridge = processes.start(
                 "bridge",
                 [
@@ -163,8 +187,8 @@ class Sandbox:
 
     def stop(self) -> None:
         """Everything, by PID, newest first."""
-        procs = [p for p in (self.operator, self.bridge) if p is not None]
-        self.operator = self.bridge = None
+        procs = [p for p in (self.operator, self.bridge, self.rule_sync) if p is not None]
+        self.operator = self.bridge = self.rule_sync = None
         processes.stop_all(procs, grace=15.0)
         if self.prometheus is not None:
             self.prometheus.stop()
@@ -180,6 +204,7 @@ class Sandbox:
         for name, proc in (
             ("prometheus", self.prometheus.proc if self.prometheus else None),
             ("bridge", self.bridge),
+            ("rules", self.rule_sync),
             ("operator", self.operator),
         ):
             if proc is not None and proc.pid is not None and proc.running():
@@ -195,6 +220,7 @@ class Sandbox:
             "prometheus": self.prometheus_url,
             "kubectl": self.kubectl,
             "routes": str(self.bridge_dir / ROUTES_FILE),
+            "rules": str(self.rules_dir),
             "config": asdict(self.config),
             "processes": self.pids(),
             **extra,
@@ -206,21 +232,29 @@ class Sandbox:
     # -- the operator ----------------------------------------------------------------------
 
     def install_crd(self) -> None:
+        from slotune.api.crd import crd
+
+        self._create_crd(crd(), "the LLMService CRD")
+
+    def _create_crd(self, body: Any, what: str) -> bool:
+        """Create a CRD unless one of that name exists; wait until it is Established.
+
+        True if it was created here.
+        """
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
 
-        from slotune.api.crd import crd
-
         assert self.control_plane is not None
         api = self.control_plane.api_client()
+        created = True
         try:
             ext = client.ApiextensionsV1Api(api)
-            body: Any = crd()
             try:
                 ext.create_custom_resource_definition(body)
             except ApiException as error:
                 if error.status != 409:
                     raise
+                created = False
 
             def established() -> bool:
                 got = ext.read_custom_resource_definition(body["metadata"]["name"])
@@ -229,18 +263,35 @@ class Sandbox:
                     for c in (got.status.conditions if got.status else None) or []
                 )
 
-            self._wait_for(established, 30, "the LLMService CRD")
+            self._wait_for(established, 30, what)
         finally:
             api.close()
+        return created
 
-    def start_operator(self, resync_seconds: float = 5.0) -> processes.ManagedProcess:
-        """`slotune run` against the sandbox, reading the sandbox's Prometheus."""
+    def start_operator(
+        self, resync_seconds: float = 5.0, alert_speedup: float = 1.0
+    ) -> processes.ManagedProcess:
+        """`slotune run` against the sandbox, reading the sandbox's Prometheus.
+
+        `alert_speedup` divides the SLO alerts' windows and `for` durations (tests, demos).
+        """
+        from slotune.render.alerts import sped_up_burn_rates, window_seconds
+
+        shortest = min(window_seconds(t.short_window) for t in sped_up_burn_rates(alert_speedup))
+        if shortest < 3 * self.config.scrape_interval_s:
+            # rate() over a window of fewer than two scrapes is empty: such an alert never fires.
+            self.progress(
+                f"warning: with --alert-speedup {alert_speedup:g} the shortest alert window is "
+                f"{shortest:g}s, under three scrape intervals "
+                f"({self.config.scrape_interval_s:g}s): its alerts may never fire"
+            )
         self.operator = processes.start(
             "operator",
             processes.slotune_command(
                 "run",
                 f"--prometheus-url={self.prometheus_url}",
                 f"--resync-seconds={resync_seconds:g}",
+                f"--alert-speedup={alert_speedup:g}",
             ),
             self.work_dir / "logs" / "operator.log",
             env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
