@@ -1,11 +1,17 @@
-"""Helpers for the end-to-end tests: LLMServices in the sandbox, load in a thread, polling."""
+"""Helpers for the end-to-end tests: a sandbox with the operator, LLMServices in it, load in a
+thread, polling, and Prometheus' HTTP API."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import sys
 import threading
 import time
-from collections.abc import Callable
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,7 +20,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from slotune.sandbox.loadgen import Arrival, LoadGenerator, Run
-from slotune.sandbox.sandbox import SandboxConfig
+from slotune.sandbox.sandbox import Sandbox, SandboxConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUP, VERSION, PLURAL = "slotune.dev", "v1alpha1", "llmservices"
@@ -26,6 +32,45 @@ T = TypeVar("T")
 E2E_CONFIG = SandboxConfig(
     gpu_nodes=2, gpus_per_node=4, ready_delay_s=4.0, scrape_interval_s=2.0, drain_timeout_s=10
 )
+
+
+@contextlib.contextmanager
+def running_sandbox(
+    work_dir: Path, config: SandboxConfig = E2E_CONFIG, *, alert_speedup: float = 1.0
+) -> Iterator[Sandbox]:
+    """A sandbox with the LLMService CRD and the operator (status every 2 s), stopped by PID."""
+    started = time.monotonic()
+    with Sandbox(work_dir, config) as sb:
+        sb.install_crd()
+        sb.start_operator(resync_seconds=2.0, alert_speedup=alert_speedup)
+        print(
+            f"\nsandbox up in {time.monotonic() - started:.0f}s at {sb.work_dir}", file=sys.stderr
+        )
+        yield sb
+
+
+def prometheus_api(url: str, path: str, **params: str) -> Any:
+    """`GET {url}/api/v1/{path}?{params}`: the answer's `data`."""
+    query = f"?{urllib.parse.urlencode(params)}" if params else ""
+    with urllib.request.urlopen(f"{url}/api/v1/{path}{query}", timeout=10) as response:
+        answer = json.load(response)
+    assert answer["status"] == "success", answer
+    return answer["data"]
+
+
+def promql(url: str, query: str) -> list[dict[str, Any]]:
+    """An instant query's result: a vector (or a matrix, for a range selector)."""
+    return list(prometheus_api(url, "query", query=query)["result"])
+
+
+def prometheus_alerts(url: str, alertname: str, **labels: str) -> list[dict[str, Any]]:
+    """Active (pending or firing) alerts of that name whose labels include `labels`."""
+    return [
+        alert
+        for alert in prometheus_api(url, "alerts")["alerts"]
+        if alert["labels"].get("alertname") == alertname
+        and all(alert["labels"].get(key) == value for key, value in labels.items())
+    ]
 
 
 def eventually(check: Callable[[], T], timeout: float, what: str, every: float = 1.0) -> T:

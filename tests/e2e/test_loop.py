@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -26,6 +25,7 @@ from sandbox_fixtures import (
     Service,
     eventually,
     flag,
+    promql,
     service_manifest,
 )
 
@@ -45,13 +45,6 @@ SURGE_REACTION_S = 60
 TTFT_RECOVERY_S = 150
 SCALE_DOWN_S = 120
 ROLLOUT_S = 60
-
-
-def _promql(sandbox: Sandbox, query: str) -> list[dict[str, Any]]:
-    url = f"{sandbox.prometheus_url}/api/v1/query?query={urllib.parse.quote(query)}"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        result: list[dict[str, Any]] = json.load(response)["data"]["result"]
-        return result
 
 
 def _backends(sandbox: Sandbox, service: Service) -> list[dict[str, Any]]:
@@ -93,8 +86,8 @@ def test_promql_templates_against_prometheus_scraping_emulators(sandbox: Sandbox
             ("ttft", "vllm:time_to_first_token_seconds"),
             ("itl", "vllm:inter_token_latency_seconds"),
         ):
-            theirs = _promql(
-                sandbox,
+            theirs = promql(
+                sandbox.prometheus_url,
                 f'histogram_quantile(0.95, sum by (le) (rate({metric}_bucket{{llmservice="{service.name}"}}[1m])))',
             )
             ours = quantile(series.buckets[name], 95)
@@ -261,8 +254,9 @@ def test_batch_flag_change_rolls_pods_and_emulators_run_the_new_flags(
                 new_pods
                 <= {
                     s["metric"]["pod"]
-                    for s in _promql(
-                        sandbox, f'vllm:num_requests_running{{llmservice="{service.name}"}}'
+                    for s in promql(
+                        sandbox.prometheus_url,
+                        f'vllm:num_requests_running{{llmservice="{service.name}"}}',
                     )
                 }
             ),

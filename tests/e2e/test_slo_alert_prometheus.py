@@ -10,12 +10,10 @@ shows within a minute; the thresholds, expressions and labels are the shipped on
 
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 import subprocess
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from sandbox_fixtures import eventually, prometheus_alerts, prometheus_api, promql
 
 from slotune.api.resource import parse_llmservice
 from slotune.render.alerts import BurnRateAlert, alert_name, slo_alerts
@@ -136,7 +135,7 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[Server, str]]:
             )
         try:
             url = f"http://127.0.0.1:{port}"
-            _wait(lambda: _get(f"{url}/-/ready") is not None, 60, "Prometheus to be ready")
+            eventually(lambda: _ready(url), 60, "Prometheus to be ready", every=0.5)
             yield server, url
         finally:
             proc.terminate()
@@ -147,55 +146,38 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[Server, str]]:
                 proc.wait(5)
 
 
-def _get(url: str) -> Any:
+def _ready(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
+        with urllib.request.urlopen(f"{url}/-/ready", timeout=5) as response:
+            return bool(response.status == 200)
     except OSError:
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _wait(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+        return False
 
 
 def _ttft_alerts(url: str) -> list[dict[str, Any]]:
-    answer = _get(f"{url}/api/v1/alerts") or {"data": {"alerts": []}}
-    return [a for a in answer["data"]["alerts"] if a["labels"]["alertname"] == alert_name("ttft")]
+    return prometheus_alerts(url, alert_name("ttft"))
 
 
 def test_the_page_goes_pending_then_firing_when_ttft_burns(prometheus: tuple[Server, str]) -> None:
     server, url = prometheus
     over = "slotune:ttft_over_target:ratio_rate10s"
     # Healthy traffic first: the ratio is recorded (the `le` matcher found vLLM's "1.0") and 0.
-    value = _wait(
-        lambda: (r := _get(f"{url}/api/v1/query?query={over}")) and r["data"]["result"] and r,
-        60,
-        "the over-target ratio to be recorded",
+    value = eventually(
+        lambda: promql(url, over), 60, "the over-target ratio to be recorded", every=0.5
     )
-    assert float(value["data"]["result"][0]["value"][1]) == 0.0
+    assert float(value[0]["value"][1]) == 0.0
     assert _ttft_alerts(url) == []
-    rules = _get(f"{url}/api/v1/rules")["data"]["groups"][0]["rules"]
+    rules = prometheus_api(url, "rules")["groups"][0]["rules"]
     assert all(rule["health"] == "ok" for rule in rules), [r for r in rules if r["health"] != "ok"]
 
     server.slow = True  # every request now takes 2 s to its first token: a 20x burn
-    pending = _wait(lambda: _ttft_alerts(url), 60, "the page to go pending")
+    pending = eventually(lambda: _ttft_alerts(url), 60, "the page to go pending", every=0.5)
     assert pending[0]["labels"]["severity"] == "critical"
-    firing = _wait(
+    firing = eventually(
         lambda: [a for a in _ttft_alerts(url) if a["state"] == "firing"],
         30,
         "the page to fire",
+        every=0.5,
     )
     assert firing[0]["labels"]["llmservice"] == "llama-3-8b-chat"
     assert "of requests waited longer than 1s" in firing[0]["annotations"]["description"]
