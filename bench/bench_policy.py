@@ -83,10 +83,36 @@ def run(name: str, args: list[str], slo: str, out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sweep(name: str, args: list[str], slo: str, out: Path) -> str:
-    """Each baseline setting on its own run; slotune's default next to them."""
+def cheapest_match(results: list[tuple[str, str, float, float]]) -> str:
+    """One summary row: slotune against the cheapest baseline setting reaching its attainment.
+
+    `results` holds (policy, setting, GPU-hours, window attainment), slotune's first. Where no
+    setting reaches slotune's attainment, the row compares attainment at about equal
+    GPU-hours (the baseline setting whose GPU-hours are closest) instead, as the issue asks.
+    """
+    _, _, gpu_h, attained = results[0]
+    baselines = results[1:]
+    reaching = [r for r in baselines if r[3] >= attained - 1e-9]
+    head = f"{gpu_h:.2f} ({100 * attained:.1f}%)"
+    if reaching:
+        policy, setting, cost, reached = min(reaching, key=lambda r: r[2])
+        saving = 100 * (1 - gpu_h / cost)
+        return f"| {head} | {policy} {setting}: {cost:.2f} ({100 * reached:.1f}%) | " + (
+            f"{saving:.0f}% fewer GPU-h |" if saving >= 0 else f"{-saving:.0f}% more GPU-h |"
+        )
+    policy, setting, cost, reached = min(baselines, key=lambda r: abs(r[2] - gpu_h))
+    return (
+        f"| {head} | none reaches it; closest in GPU-h: {policy} {setting}: {cost:.2f} "
+        f"({100 * reached:.1f}%) | {100 * (attained - reached):+.1f} points of attainment |"
+    )
+
+
+def sweep(name: str, args: list[str], slo: str, out: Path) -> tuple[str, str]:
+    """Each baseline setting on its own run; slotune's default next to them. Returns the
+    table and the summary row."""
     ttft, itl = SLO_CLASSES[slo]
     rows = ["| policy | setting | GPU-h | windows ok | goodput |", "|---|---|---|---|---|"]
+    results: list[tuple[str, str, float, float]] = []
     runs = [("slotune", "", "default")] + [
         (policy, f"{policy}.{field}={value}", f"{field}={value}")
         for policy, (field, values) in SWEEPS.items()
@@ -102,11 +128,13 @@ def sweep(name: str, args: list[str], slo: str, out: Path) -> str:
             command += ["--policy-option", option]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         numbers = json.loads(path.read_text())["policies"][policy]
+        results.append((policy, label, numbers["gpu_hours"], numbers["window_attainment"]))
         rows.append(
             f"| {policy} | {label} | {numbers['gpu_hours']:.3g} | "
             f"{100 * numbers['window_attainment']:.1f}% | {100 * numbers['request_goodput']:.1f}% |"
         )
-    return f"#### sweep: {name}, {slo}\n\n" + "\n".join(rows) + "\n"
+    table = f"#### sweep: {name}, {slo}\n\n" + "\n".join(rows) + "\n"
+    return table, f"| {name}, {slo} " + cheapest_match(results)
 
 
 def main() -> int:
@@ -119,12 +147,21 @@ def main() -> int:
     print(f"command: {' '.join(sys.argv)}")
     print(f"machine: {platform.node()} {platform.machine()}, python {platform.python_version()}")
     print(f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n")
+    summary = [
+        "| scenario | slotune GPU-h (windows) | cheapest baseline setting at >= that attainment "
+        "| slotune against it |",
+        "|---|---|---|---|",
+    ]
     for slo in SLO_CLASSES:
         for name, scenario in (QUICK if args.quick or args.sweep else FULL).items():
             if args.sweep:
-                print(sweep(name, scenario, slo, args.out), flush=True)
+                table, row = sweep(name, scenario, slo, args.out)
+                print(table, flush=True)
+                summary.append(row)
             else:
                 print(run(name, scenario, slo, args.out), flush=True)
+    if args.sweep:
+        print("\n".join(summary))
     return 0
 
 

@@ -52,7 +52,7 @@ def specs(draw: st.DrawFn) -> Obj:
         else draw(st.sampled_from([d for d in (1, 2, 4, 8) if gpus % d == 0]))
     )
     seqs = draw(knob_range(1, 2048))
-    tokens = draw(knob_range(max(seqs["max"], 64), 65536))
+    tokens = draw(knob_range(max(seqs["initial"], 64), 65536))
     ttft_ms = draw(st.integers(1, 30_000))
     min_replicas = draw(st.integers(1, 10))
     spec: Obj = {
@@ -161,7 +161,7 @@ def _mutations(obj: Obj) -> list[tuple[Obj, str]]:
                 obj,
                 "spec.batching",
                 {
-                    "maxNumSeqs": {"initial": 128, "min": 8, "max": 512},
+                    "maxNumSeqs": {"initial": 512, "min": 8, "max": 512},
                     "maxBatchedTokens": {"initial": 256, "min": 256, "max": 256},
                 },
             ),

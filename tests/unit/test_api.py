@@ -77,10 +77,10 @@ def test_examples_are_valid(path: Path) -> None:
             "initial must be less than or equal to max",
         ),
         (
-            "batching.maxNumSeqs",
-            {"initial": 32, "min": 8, "max": 4096},
+            "batching.maxBatchedTokens",
+            {"initial": 100, "min": 64, "max": 16384},
             "spec.batching",
-            "maxBatchedTokens.min must be at least maxNumSeqs.max",
+            "maxBatchedTokens.initial must be at least maxNumSeqs.initial",
         ),
         (
             "resources",

@@ -6,11 +6,12 @@ import math
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from slotune.api.resource import parse_spec
-from slotune.policy.slotune import SlotunePolicy
+from slotune.policy.slotune import SlotunePolicy, StepModel
 from slotune.policy.types import MetricsSnapshot, PolicySpec, Setting
 
 SPEC = PolicySpec.from_spec(
@@ -267,3 +268,58 @@ def test_a_surge_window_does_not_teach_the_budget_model() -> None:
         )
         memory = dict(POLICY.decide(surge, current, SPEC, memory, now).memory)
     assert memory["burn"] == learned
+
+
+def stalled(now: float, **changes: Any) -> MetricsSnapshot:
+    """16 req/s of 1000-token prompts on 4 replicas; decode steps of 6 ms, and 4% of the
+    inter-token latencies over the 25 ms target, at 42 ms: decodes stalled by prefills."""
+    base: dict[str, Any] = dict(
+        time_s=now, request_rate=16.0, prompt_token_rate=16_000.0, running=64.0,
+        itl=0.02, itl_over=0.04, itl_median=0.006, itl_over_median=0.042,
+    )  # fmt: skip
+    return snap(**{**base, **changes})
+
+
+def test_step_model_from_the_itl_histogram() -> None:
+    steps = StepModel.observe(stalled(1000.0), CURRENT)
+    assert steps is not None
+    # A 1000-token prompt (below the 8192 budget: one chunk) stalls for 36 ms over 6 ms.
+    assert steps.per_token_s == pytest.approx(0.036 / 1000)
+    assert steps.fitting_chunk(0.024) == pytest.approx(500)
+    assert steps.prefill_capacity(500) == pytest.approx(500 / 0.024)
+    assert StepModel.observe(stalled(1000.0, itl_over_median=None), CURRENT) is None
+
+
+def run_until_retune(changes: dict[str, Any], ticks: int = 40) -> list[tuple[Setting, Any]]:
+    current, memory = CURRENT, {}
+    seen = []
+    for step in range(ticks):
+        now = 1000.0 + 30 * step
+        decision = POLICY.decide(stalled(now, **changes), current, SPEC, memory, now)
+        seen.append((decision.setting, decision))
+        current, memory = decision.setting, dict(decision.memory)
+    return seen
+
+
+def test_prefill_stalls_shrink_the_token_budget_once() -> None:
+    seen = run_until_retune({})
+    retunes = [d for s, d in seen if s.max_batched_tokens != CURRENT.max_batched_tokens]
+    assert retunes, "the stalls size the fleet: the token budget should shrink"
+    first = retunes[0]
+    # (25 ms x 0.85 - 6 ms) / 0.036 ms per token = 423 tokens fit beside the decodes.
+    assert first.setting.max_batched_tokens == 423
+    assert first.setting.max_batched_tokens >= first.setting.max_num_seqs
+    assert first.reason == "ITLAboveTarget" and "token budget 8192 -> 423" in first.message
+    # Once changed it stays (a restart each cooldown at most, and the stalls are gone).
+    assert {s.max_batched_tokens for s, _ in seen[seen.index((first.setting, first)) :]} == {423}
+
+
+def test_no_token_retune_when_a_decode_step_alone_nears_the_goal() -> None:
+    # Decode steps of 16 ms: no chunk fits beside them in 21 ms with room; replicas it is.
+    seen = run_until_retune({"itl_median": 0.016})
+    assert all(s.max_batched_tokens == CURRENT.max_batched_tokens for s, _ in seen)
+
+
+def test_no_token_retune_when_ttft_has_no_room() -> None:
+    seen = run_until_retune({"ttft": 0.3})  # smaller chunks lengthen every prefill
+    assert all(s.max_batched_tokens == CURRENT.max_batched_tokens for s, _ in seen)

@@ -413,7 +413,11 @@ class MaxBatchedTokensRange(_KnobRange):
         default=8192, description="Value at creation."
     )
     min: Annotated[int, Field(ge=64, le=1_048_576)] = Field(
-        default=2048, description="Lowest allowed."
+        default=256,
+        description=(
+            "Lowest allowed. Small budgets split long prompts into short prefill chunks, so "
+            "a prefill stalls the running decodes for less than the ITL target."
+        ),
     )
     max: Annotated[int, Field(ge=64, le=1_048_576)] = Field(
         default=16384, description="Highest allowed."
@@ -425,10 +429,11 @@ class BatchingSpec(ApiModel):
 
     cel_rules = (
         CelRule(
-            "self.maxBatchedTokens.min >= self.maxNumSeqs.max",
-            "maxBatchedTokens.min must be at least maxNumSeqs.max "
-            "(the engine refuses a token budget below its sequence limit)",
-            ".maxBatchedTokens.min",
+            "self.maxBatchedTokens.initial >= self.maxNumSeqs.initial",
+            "maxBatchedTokens.initial must be at least maxNumSeqs.initial "
+            "(the engine refuses a token budget below its sequence limit; slotune keeps "
+            "every later pair so)",
+            ".maxBatchedTokens.initial",
         ),
     )
 
@@ -443,7 +448,7 @@ class BatchingSpec(ApiModel):
 
     @model_validator(mode="after")
     def _budget_covers_seqs(self) -> BatchingSpec:
-        if self.max_batched_tokens.min < self.max_num_seqs.max:
+        if self.max_batched_tokens.initial < self.max_num_seqs.initial:
             raise rule_error(self.cel_rules[0])
         return self
 

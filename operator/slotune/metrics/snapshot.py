@@ -87,6 +87,8 @@ def to_snapshot(
     if series is None or FRESHNESS not in series.scalars:
         return None
     scalars = series.scalars
+    itl = series.buckets.get("itl")
+    itl_over = fraction_above(itl, spec.itl_target_s)
     return MetricsSnapshot(
         time_s=now_s,
         age_s=max(0.0, now_s - scalars[FRESHNESS]),
@@ -104,5 +106,7 @@ def to_snapshot(
         ready_replicas=ready_replicas,
         pending_replicas=pending_replicas,
         ttft_over=fraction_above(series.buckets.get("ttft"), spec.ttft_target_s),
-        itl_over=fraction_above(series.buckets.get("itl"), spec.itl_target_s),
+        itl_over=itl_over,
+        itl_median=quantile(itl, 50.0),
+        itl_over_median=quantile(itl, 100 * (1 - itl_over / 2)) if itl_over else None,
     )

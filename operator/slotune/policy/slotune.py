@@ -69,6 +69,12 @@ class SlotuneConfig:
     lead_s: float = 150.0  # forecast this far ahead: a cold start plus a tuning interval
     trend_horizon_s: float = 180.0  # fit the request rate's trend over this much history
     scale_down_spacing_s: float = 120.0  # between steps down once the budget model is trusted
+    prefill_utilisation: float = 0.6  # of the prefill capacity a token budget leaves, up
+    prefill_utilisation_down: float = 0.5  # ... and to remove a replica
+    step_model_weight: float = 0.3  # how fast the step model follows new measurements
+    chunk_headroom: float = 1.5  # shrink prefill chunks only if the goal is >= 1.5 decode steps
+    chunk_change: float = 0.7  # ... and only to at most 70% of the chunk they replace
+    chunk_ttft_bar: float = 0.5  # ... while TTFT (which smaller chunks lengthen) has room
 
 
 @dataclass(frozen=True)
@@ -225,6 +231,40 @@ def _trend(mem: dict[str, Any], now_s: float, rate: float, horizon_s: float) -> 
     return slope
 
 
+@dataclass(frozen=True)
+class StepModel:
+    """An engine step's time: decode_s plus per_token_s per prefill token it carries."""
+
+    decode_s: float
+    per_token_s: float
+
+    @classmethod
+    def observe(cls, snapshot: MetricsSnapshot, current: Setting) -> StepModel | None:
+        """From the ITL histogram: its median is a decode step; the median of the
+        observations over the target is a step carrying a chunk of min(budget, mean prompt)
+        tokens. None unless such stalls are there to measure."""
+        decode, stall = snapshot.itl_median, snapshot.itl_over_median
+        rate, prompt_rate = snapshot.request_rate, snapshot.prompt_token_rate
+        if decode is None or stall is None or not rate or not prompt_rate or stall <= decode:
+            return None
+        chunk = min(float(current.max_batched_tokens), prompt_rate / rate)
+        return cls(decode, (stall - decode) / chunk)
+
+    def blend(self, other: StepModel, weight: float) -> StepModel:
+        return StepModel(
+            self.decode_s + weight * (other.decode_s - self.decode_s),
+            self.per_token_s + weight * (other.per_token_s - self.per_token_s),
+        )
+
+    def fitting_chunk(self, goal_s: float) -> float:
+        """The most prefill tokens a step may carry and still end within `goal_s`."""
+        return (goal_s - self.decode_s) / self.per_token_s
+
+    def prefill_capacity(self, tokens: int) -> float:
+        """Prompt tokens/s one replica can prefill when every step carries a full chunk."""
+        return tokens / (self.decode_s + self.per_token_s * tokens)
+
+
 def _fewest(concurrency: Callable[[int], float], limit: float, ceiling: int) -> int:
     """The fewest replicas (up to ceiling + 1, meaning "more than allowed") under `limit`."""
     for replicas in range(1, ceiling + 1):
@@ -288,13 +328,19 @@ class SlotunePolicy:
         mean_ready = _window_mean_ready(mem, now_s, ready, spec)
         burn_model = BurnModel(**mem.get("burn", {}))
         slope = _trend(mem, now_s, rate, cfg.trend_horizon_s)
-        retuned_in_window = now_s - float(mem.get("lastRetune", -math.inf)) < spec.window_s
+        # A retune rolls the pods one at a time (maxSurge 1), a cold start each: until the last
+        # new pod has served a whole window, the window mixes both settings.
+        rolled_out = float(mem.get("rolloutEnd", mem.get("lastRetune", -math.inf)))
+        retuned_in_window = now_s < rolled_out + spec.window_s
         window_tokens = (snapshot.generation_token_rate or 0.0) * spec.window_s
-        # A window that saw a surge (load moving by half or more across it, or a queue) pairs
-        # a lagging rate with a transient burn: it would teach a capacity far too low.
+        # A window that saw a surge (load moving by half or more across it, or a queue at any
+        # time in it) pairs a lagging rate with a transient burn: it would teach a capacity
+        # far too low.
+        if (snapshot.waiting or 0.0) > ready:
+            mem["queuedAt"] = now_s
         settled_load = (
             abs(slope) * spec.window_s <= cfg.max_load_change * rate
-            and (snapshot.waiting or 0.0) <= ready
+            and now_s - float(mem.get("queuedAt", -math.inf)) >= spec.window_s
         )
         if (
             snapshot.itl_over is not None
@@ -307,6 +353,18 @@ class SlotunePolicy:
             burn_model = burn_model.add(rate / mean_ready, snapshot.itl_over, beta, cfg.forgetting)
             mem["burn"] = burn_model.__dict__
         burn_trusted = burn_model.w >= cfg.min_burn_samples
+        # The step model: what a prefill token costs, measured whenever stalls break the ITL
+        # target and remembered after a smaller token budget has made them disappear.
+        observed_steps = StepModel.observe(snapshot, current)
+        steps = StepModel(**mem["steps"]) if "steps" in mem else None
+        material = (snapshot.itl_over or 0.0) > 0.2 * (1 - spec.itl_percentile / 100)
+        if observed_steps is not None and material and settled_load and not retuned_in_window:
+            steps = (
+                observed_steps
+                if steps is None
+                else steps.blend(observed_steps, cfg.step_model_weight)
+            )
+            mem["steps"] = steps.__dict__
 
         # 2. The concurrency per replica at which the fitted ITL reaches the goal. It sizes
         # replicas, and becomes the batch limit when moving there is worth a restart.
@@ -359,9 +417,27 @@ class SlotunePolicy:
         concurrency = _concurrency_model(snapshot, line, arrival)
         needed_up = _fewest(concurrency, cfg.target_utilisation * per_replica_cap, ceiling)
         needed_down = _fewest(concurrency, cfg.scale_down_utilisation * per_replica_cap, ceiling)
+        # Prefill throughput: a small token budget caps the prompt tokens a replica takes.
+        prompt_rate = snapshot.prompt_token_rate or 0.0
+        prompt_share = prompt_rate / rate if rate > 0 else 0.0
+
+        def prefill_needs(load: float, tokens: int, utilisation: float) -> int:
+            # Only a budget below the mean prompt chunks every prefill; above it, steps
+            # carry whole prompts (several at a time) and the ITL burn says when it is full.
+            if steps is None or prompt_share <= 0 or tokens >= prompt_share:
+                return 0
+            capacity = utilisation * steps.prefill_capacity(tokens)
+            return min(ceiling + 1, math.ceil(load * prompt_share / capacity))
+
+        queue_needs = needed_up
         # The window's rate lags a ramp by half a window; a new replica serves a lead later.
         forecast = arrival + max(0.0, slope) * (spec.window_s / 2 + cfg.lead_s)
         budget = 1 - spec.itl_percentile / 100
+        tokens_now = current.max_batched_tokens
+        needed_up = max(needed_up, prefill_needs(forecast, tokens_now, cfg.prefill_utilisation))
+        needed_down = max(
+            needed_down, prefill_needs(forecast, tokens_now, cfg.prefill_utilisation_down)
+        )
         burn_needs = 0
         if burn_trusted:
             up_capacity = burn_model.capacity(cfg.budget_use_up * budget, beta)
@@ -456,18 +532,56 @@ class SlotunePolicy:
                 )
         target = _clamp(target, floor, max(ceiling, floor))
 
-        if target != current.replicas or retune != current.max_num_seqs:
-            mem["lastChange"] = now_s
-        if retune != current.max_num_seqs:
-            mem["lastRetune"] = now_s
-            mem.pop("burn", None)  # the budget model describes one batch setting
-            if reason == "Steady":
-                reason = "ITLAboveTarget" if retune < current.max_num_seqs else "OverProvisioned"
-                message = (
-                    f"batch limit {current.max_num_seqs} -> {retune} from the fitted ITL model"
-                )
+        # The token budget: when prefill stalls are what burns the ITL budget and so sizes
+        # the fleet, shrink the chunks until a stalled step fits in the goal. Worth a restart
+        # only if it is predicted to save a replica; like the batch limit, only when settled.
         tokens_low, tokens_high = spec.max_batched_tokens_bounds
-        tokens = _clamp(max(current.max_batched_tokens, retune), tokens_low, tokens_high)
+        tokens = current.max_batched_tokens
+        if (
+            steps is not None
+            and itl_goal > cfg.chunk_headroom * steps.decode_s
+            and burn_trusted
+            and retune == current.max_num_seqs
+            and settled
+            and steady_window
+            and not queued
+            and (ttft is None or ttft < cfg.chunk_ttft_bar * spec.ttft_target_s)
+            and now_s - last_retune >= cfg.retune_cooldown_s
+        ):
+            mean_prompt = (snapshot.prompt_token_rate or 0.0) / (snapshot.request_rate or 1.0)
+            chunk = min(current.max_batched_tokens, mean_prompt)
+            fitting = int(steps.fitting_chunk(itl_goal))
+            new_tokens = _clamp(max(fitting, current.max_num_seqs), tokens_low, tokens_high)
+            # Worth a restart only if the fleet it predicts is at least a replica smaller.
+            after = max(
+                queue_needs, floor, prefill_needs(forecast, new_tokens, cfg.prefill_utilisation)
+            )
+            if new_tokens <= cfg.chunk_change * chunk and after < burn_needs:
+                tokens = new_tokens
+                reason = "ITLAboveTarget"
+                stall = steps.decode_s + steps.per_token_s * chunk
+                message = (
+                    f"prefill chunks of {chunk:.0f} tokens stall decodes for {1000 * stall:.0f} "
+                    f"ms: token budget {current.max_batched_tokens} -> {tokens} so a chunk fits "
+                    f"in {1000 * itl_goal:.0f} ms"
+                )
+        knobs_changed = retune != current.max_num_seqs or tokens != current.max_batched_tokens
+        if target != current.replicas or knobs_changed:
+            mem["lastChange"] = now_s
+        if knobs_changed:
+            mem["lastRetune"] = now_s
+            mem["rolloutEnd"] = now_s + max(target, current.replicas) * cfg.lead_s
+            mem.pop("burn", None)  # the budget model describes one batch setting
+        if tokens != current.max_batched_tokens:
+            # Shorter stalls change ITL at every batch size: learn the line again too.
+            mem.pop("fit", None)
+            mem.pop("anchor", None)
+        if retune != current.max_num_seqs and reason == "Steady":
+            reason = "ITLAboveTarget" if retune < current.max_num_seqs else "OverProvisioned"
+            message = f"batch limit {current.max_num_seqs} -> {retune} from the fitted ITL model"
+        # The engine refuses a token budget below its sequence limit.
+        tokens = _clamp(max(tokens, retune), tokens_low, tokens_high)
+        retune = min(retune, tokens)
         predicted = {}
         if line is not None and ready:
             a, b = line

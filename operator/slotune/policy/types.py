@@ -85,6 +85,11 @@ class MetricsSnapshot:
     # burn: the SLO holds while it is at most 1 - percentile/100); None as for the quantiles.
     ttft_over: float | None = None
     itl_over: float | None = None
+    # The ITL histogram's shape: its median (a decode step's time) and the median of the
+    # observations over the target (the steps that break it: prefill chunks stalling the
+    # decodes beside them). None without observations over the target.
+    itl_median: float | None = None
+    itl_over_median: float | None = None
 
 
 @dataclass(frozen=True)

@@ -176,7 +176,7 @@ def _spec(args: argparse.Namespace, gpus: int) -> Any:
             "maxNumSeqs": {"initial": seqs, "min": min(8, seqs), "max": seqs_max},
             "maxBatchedTokens": {
                 "initial": tokens,
-                "min": min(max(2048, seqs_max), tokens),
+                "min": min(256, tokens),
                 "max": max(16384, tokens),
             },
         },

@@ -297,14 +297,14 @@ def _close_window(
 
 def default_settings(spec: PolicySpec, initial: Setting) -> tuple[tuple[int, int], ...]:
     """The initial setting first, then half and twice its ``max_num_seqs``, each with the
-    initial token budget and with the smallest one allowed (smaller prefill chunks, hence
-    shorter decode steps next to them)."""
+    initial token budget, the smallest one allowed and twice that (smaller prefill chunks,
+    hence shorter decode steps next to them)."""
     lo_s, hi_s = spec.max_num_seqs_bounds
     lo_t = spec.max_batched_tokens_bounds[0]
     seqs = [initial.max_num_seqs]
     seqs += [s for s in (initial.max_num_seqs // 2, initial.max_num_seqs * 2) if lo_s <= s <= hi_s]
     out: list[tuple[int, int]] = []
-    for tokens in (initial.max_batched_tokens, lo_t):
+    for tokens in (initial.max_batched_tokens, lo_t, 2 * lo_t):
         for s in seqs:
             pair = (s, max(tokens, s))
             if pair not in out:

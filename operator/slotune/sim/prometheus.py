@@ -282,6 +282,7 @@ class PrometheusView:
             value = fraction_above(target, self.visible[LATENCY_HISTOGRAMS[h]], bucket_rates[h])
             return None if math.isnan(value) else value
 
+        itl_over = over(1, spec.itl_target_s)
         pods: list[PodMetrics] = []
         newest = -math.inf
         for name, series in alive:
@@ -321,5 +322,7 @@ class PrometheusView:
             pending_replicas=cluster.pending_replicas,
             pods=tuple(pods),
             ttft_over=over(0, spec.ttft_target_s),
-            itl_over=over(1, spec.itl_target_s),
+            itl_over=itl_over,
+            itl_median=quantile(1, 50.0),
+            itl_over_median=quantile(1, 100 * (1 - itl_over / 2)) if itl_over else None,
         )

@@ -47,13 +47,9 @@ def test_fewest_finds_the_threshold_from_any_guess() -> None:
 def test_default_settings_start_with_the_initial_one() -> None:
     settings = default_settings(SPEC, Setting(1, 128, 8192))
     assert settings[0] == (128, 8192)
+    low = SPEC.max_batched_tokens_bounds[0]
     assert set(settings) == {
-        (128, 8192),
-        (64, 8192),
-        (256, 8192),
-        (128, 2048),
-        (64, 2048),
-        (256, 2048),
+        (seqs, max(tokens, seqs)) for seqs in (64, 128, 256) for tokens in (8192, low, 2 * low)
     }
 
 
