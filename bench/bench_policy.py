@@ -4,7 +4,8 @@ Runs `slotune sim` on each scenario x SLO class with every policy (one default c
 each, nothing tuned per scenario) and prints one markdown table per run, ready for
 bench/RESULTS.md. Usage:
 
-    .venv/bin/python bench/bench_policy.py [--quick] [--out DIR]
+    .venv/bin/python bench/bench_policy.py [--quick | --sweep] [--model PROFILE]
+        [--scenarios a,b] [--out DIR]
 
 `--quick` keeps the two 1-hour synthetic scenarios only (a few minutes on 2 cores); the full
 set adds the Azure conversation and code traces scaled x20 and the Mooncake trace. `--sweep`
@@ -35,6 +36,7 @@ FULL = {
     "mooncake": ["--trace", "mooncake-synthetic", "--duration", "1h"],
 }
 POLICIES = "slotune,hpa,kpa,saturation,static,oracle"
+MODEL = "llama-3-8b-h100"  # the default profile; --model changes it
 SWEEPS = {
     "hpa": ("target", ("0.2", "0.3", "0.4", "0.5", "0.7", "0.9")),
     "kpa": ("target", ("5", "10", "20", "40", "70")),
@@ -50,11 +52,12 @@ COLUMNS = (
 )
 
 
-def run(name: str, args: list[str], slo: str, out: Path) -> str:
+def run(name: str, args: list[str], slo: str, out: Path, model: str) -> str:
     ttft, itl = SLO_CLASSES[slo]
     path = out / f"{name}-{slo}.json"
     command = [
         sys.executable, "-m", "slotune.cli", "sim", *args, "--slo-ttft", ttft, "--slo-itl", itl,
+        "--model", model,
         "--policies", POLICIES, "--no-progress", "--json", str(path),
     ]  # fmt: skip
     started = time.monotonic()
@@ -107,7 +110,7 @@ def cheapest_match(results: list[tuple[str, str, float, float]]) -> str:
     )
 
 
-def sweep(name: str, args: list[str], slo: str, out: Path) -> tuple[str, str]:
+def sweep(name: str, args: list[str], slo: str, out: Path, model: str) -> tuple[str, str]:
     """Each baseline setting on its own run; slotune's default next to them. Returns the
     table and the summary row."""
     ttft, itl = SLO_CLASSES[slo]
@@ -122,7 +125,8 @@ def sweep(name: str, args: list[str], slo: str, out: Path) -> tuple[str, str]:
         path = out / f"sweep-{name}-{slo}-{policy}-{label}.json"
         command = [
             sys.executable, "-m", "slotune.cli", "sim", *args, "--slo-ttft", ttft,
-            "--slo-itl", itl, "--policies", policy, "--no-progress", "--json", str(path),
+            "--slo-itl", itl, "--model", model, "--policies", policy, "--no-progress",
+            "--json", str(path),
         ]  # fmt: skip
         if option:
             command += ["--policy-option", option]
@@ -142,24 +146,35 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--sweep", action="store_true", help="sweep the baselines' settings")
     parser.add_argument("--out", type=Path, default=Path("out/bench-policy"))
+    parser.add_argument("--model", default=MODEL, help="performance profile (llama-3-70b-h100x4)")
+    parser.add_argument(
+        "--scenarios", help="comma-separated subset of the scenarios (default: all of the set)"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"command: {' '.join(sys.argv)}")
     print(f"machine: {platform.node()} {platform.machine()}, python {platform.python_version()}")
-    print(f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n")
+    print(f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, profile {args.model}\n")
+    chosen = QUICK if args.quick or args.sweep else FULL
+    if args.scenarios:
+        names = args.scenarios.split(",")
+        unknown = [n for n in names if n not in FULL]
+        if unknown:
+            parser.error(f"unknown scenarios {unknown}; known: {', '.join(FULL)}")
+        chosen = {n: FULL[n] for n in names}
     summary = [
         "| scenario | slotune GPU-h (windows) | cheapest baseline setting at >= that attainment "
         "| slotune against it |",
         "|---|---|---|---|",
     ]
     for slo in SLO_CLASSES:
-        for name, scenario in (QUICK if args.quick or args.sweep else FULL).items():
+        for name, scenario in chosen.items():
             if args.sweep:
-                table, row = sweep(name, scenario, slo, args.out)
+                table, row = sweep(name, scenario, slo, args.out, args.model)
                 print(table, flush=True)
                 summary.append(row)
             else:
-                print(run(name, scenario, slo, args.out), flush=True)
+                print(run(name, scenario, slo, args.out, args.model), flush=True)
     if args.sweep:
         print("\n".join(summary))
     return 0
