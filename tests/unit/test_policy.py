@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from slotune.api.resource import parse_spec
-from slotune.policy.slotune import SlotunePolicy, StepModel
+from slotune.policy.slotune import BurnModel, SlotunePolicy, StepModel
 from slotune.policy.types import MetricsSnapshot, PolicySpec, Setting
 
 SPEC = PolicySpec.from_spec(
@@ -102,7 +102,7 @@ def test_over_provisioned_scales_down_only_after_stabilisation() -> None:
         decision = POLICY.decide(replace(quiet, time_s=t), CURRENT, SPEC, memory, float(t))
         memory = dict(decision.memory)
     assert decision.reason == "OverProvisioned"
-    assert decision.setting.replicas == 3  # at most a quarter fewer per step
+    assert decision.setting.replicas == 2  # at most half fewer per step (it needs 1)
 
 
 def test_pending_replicas_are_capacity_limited() -> None:
@@ -323,3 +323,16 @@ def test_no_token_retune_when_a_decode_step_alone_nears_the_goal() -> None:
 def test_no_token_retune_when_ttft_has_no_room() -> None:
     seen = run_until_retune({"ttft": 0.3})  # smaller chunks lengthen every prefill
     assert all(s.max_batched_tokens == CURRENT.max_batched_tokens for s, _ in seen)
+
+
+def test_burst_spread_widens_the_margin() -> None:
+    steady, bursty = BurnModel(), BurnModel()
+    for i in range(20):
+        steady = steady.add(8.0, 0.03, 1.5, 0.97)
+        bursty = bursty.add(8.0, 0.03 if i % 2 else 0.01, 1.5, 0.97)  # same load, uneven burn
+    assert steady.spread == pytest.approx(0.0, abs=1e-12)
+    assert steady.capacity(0.03, 1.5, z=1.0) == pytest.approx(8.0)  # burns 3% at 8 req/s
+    # The bursty service burns 2% on average at 8 req/s but plans for its worse windows.
+    mean_only = bursty.capacity(0.045, 1.5, z=0.0)
+    assert bursty.capacity(0.045, 1.5, z=1.0) < mean_only
+    assert BurnModel().capacity(0.045, 1.5, z=1.0) == math.inf

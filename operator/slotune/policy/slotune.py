@@ -51,7 +51,7 @@ class SlotuneConfig:
     scale_down_utilisation: float = 0.6  # ... and the stricter bar for removing a replica
     ttft_scale_down_bar: float = 0.6  # observed TTFT must be under 60% of target to shrink
     max_step_up: float = 1.0  # at most double per decision (plus one)
-    max_step_down: float = 0.25  # at most a quarter fewer per decision
+    max_step_down: float = 0.5  # at most half fewer per decision
     prior_slope_ratio: float = 1 / 100  # b = a * ratio before the data says otherwise
     prior_weight: float = 4.0  # pseudo-observations behind the prior
     forgetting: float = 0.97  # per observation
@@ -63,14 +63,16 @@ class SlotuneConfig:
     burn_exponent: float = 1.5  # burn = k * (requests/s per replica) ** exponent
     budget_use_up: float = 0.9  # size replicas to burn at most 90% of the error budget
     budget_use_down: float = 0.75  # ... and remove one only if it stays under 75%
+    burn_spread_z: float = 1.0  # plan for windows one standard deviation worse than the mean
     min_window_tokens: float = 2000.0  # ITL samples in a window before it teaches the model
     min_burn_samples: float = 3.0  # (forgotten-weighted) windows before the model sizes replicas
     max_load_change: float = 0.5  # learn only from windows whose load moved less than this
     lead_s: float = 150.0  # forecast this far ahead: a cold start plus a tuning interval
     trend_horizon_s: float = 180.0  # fit the request rate's trend over this much history
     scale_down_spacing_s: float = 120.0  # between steps down once the budget model is trusted
-    prefill_utilisation: float = 0.6  # of the prefill capacity a token budget leaves, up
-    prefill_utilisation_down: float = 0.5  # ... and to remove a replica
+    clear_burn: float = 0.25  # ... or while the burn is under a quarter of the budget
+    prefill_utilisation: float = 0.7  # of the prefill capacity a token budget leaves, up
+    prefill_utilisation_down: float = 0.6  # ... and to remove a replica
     step_model_weight: float = 0.3  # how fast the step model follows new measurements
     chunk_headroom: float = 1.5  # shrink prefill chunks only if the goal is >= 1.5 decode steps
     chunk_change: float = 0.7  # ... and only to at most 70% of the chunk they replace
@@ -184,21 +186,44 @@ def _concurrency_model(
 
 @dataclass(frozen=True)
 class BurnModel:
-    """burn = k * x^beta, k by forgetting ratio sums: k = sum(w * burn) / sum(w * x^beta)."""
+    """burn = k * x^beta, learned with forgetting from one (x, burn) pair per window.
 
-    burn: float = 0.0
-    load: float = 0.0
-    w: float = 0.0
+    k is the ratio estimator sum(burn) / sum(x^beta) (each window's k_i = burn / x^beta,
+    weighted by x^beta); `spread` is the weighted standard deviation of the k_i. Bursty
+    traffic makes windows at the same load burn differently, so capacity is planned at
+    k + z * spread: the margin grows with the burstiness the service has shown.
+    """
+
+    burn: float = 0.0  # sum of burn
+    load: float = 0.0  # sum of x^beta
+    burn_sq: float = 0.0  # sum of burn^2 / x^beta
+    w: float = 0.0  # forgotten count of windows
 
     def add(self, x: float, burn: float, beta: float, forgetting: float) -> BurnModel:
         f = forgetting
-        return BurnModel(self.burn * f + burn, self.load * f + x**beta, self.w * f + 1.0)
+        scaled = x**beta
+        return BurnModel(
+            self.burn * f + burn,
+            self.load * f + scaled,
+            self.burn_sq * f + burn * burn / scaled,
+            self.w * f + 1.0,
+        )
 
-    def capacity(self, budget: float, beta: float) -> float:
+    @property
+    def k(self) -> float:
+        return self.burn / self.load if self.load > 0 else 0.0
+
+    @property
+    def spread(self) -> float:
+        if self.load <= 0:
+            return 0.0
+        return math.sqrt(max(0.0, self.burn_sq / self.load - self.k**2))
+
+    def capacity(self, budget: float, beta: float, z: float) -> float:
         """Requests/s one replica takes before burning `budget`; inf before any burn."""
-        if self.burn <= 0 or self.load <= 0:
+        k = self.k + z * self.spread
+        if k <= 0:
             return math.inf
-        k = self.burn / self.load
         return float((budget / k) ** (1 / beta))
 
 
@@ -215,10 +240,15 @@ def _window_mean_ready(
     return float(sum(h[1] for h in history)) / len(history)
 
 
-def _trend(mem: dict[str, Any], now_s: float, rate: float, horizon_s: float) -> float:
-    """The request rate's slope (1/s^2) over the last `horizon_s`, by least squares."""
+def _trend(
+    mem: dict[str, Any], now_s: float, rate: float, horizon_s: float, valid_from_s: float
+) -> float:
+    """The request rate's slope (1/s^2) over the last `horizon_s`, by least squares, from
+    rates seen at or after `valid_from_s`."""
     points = [p for p in mem.get("rates", []) if 0 < now_s - p[0] <= horizon_s]
-    points.append([now_s, rate])
+    if now_s >= valid_from_s:
+        points.append([now_s, rate])
+    points = [p for p in points if p[0] >= valid_from_s]
     mem["rates"] = points[-16:]
     if len(points) < 3:
         return 0.0
@@ -327,7 +357,10 @@ class SlotunePolicy:
         beta = cfg.burn_exponent
         mean_ready = _window_mean_ready(mem, now_s, ready, spec)
         burn_model = BurnModel(**mem.get("burn", {}))
-        slope = _trend(mem, now_s, rate, cfg.trend_horizon_s)
+        # While the first window fills, a window rate climbs whatever the load does: the
+        # trend counts from the first whole window on.
+        since = float(mem.setdefault("since", now_s))
+        slope = _trend(mem, now_s, rate, cfg.trend_horizon_s, since + spec.window_s)
         # A retune rolls the pods one at a time (maxSurge 1), a cold start each: until the last
         # new pod has served a whole window, the window mixes both settings.
         rolled_out = float(mem.get("rolloutEnd", mem.get("lastRetune", -math.inf)))
@@ -414,7 +447,13 @@ class SlotunePolicy:
         ceiling, floor = spec.replica_ceiling, spec.min_replicas
         demand = (snapshot.running or 0.0) + (snapshot.waiting or 0.0)
         arrival = _arrival_rate(snapshot, mem, now_s)
-        concurrency = _concurrency_model(snapshot, line, arrival)
+        # The window's rate lags a ramp by half a window; a new replica serves a lead later.
+        # (While requests queue, the finished rate climbs with the replicas that come up, and
+        # the queue's growth already counts the arrivals that do not get in.)
+        forecast = arrival
+        if not queued:
+            forecast += max(0.0, slope) * (spec.window_s / 2 + cfg.lead_s)
+        concurrency = _concurrency_model(snapshot, line, forecast)
         needed_up = _fewest(concurrency, cfg.target_utilisation * per_replica_cap, ceiling)
         needed_down = _fewest(concurrency, cfg.scale_down_utilisation * per_replica_cap, ceiling)
         # Prefill throughput: a small token budget caps the prompt tokens a replica takes.
@@ -430,8 +469,6 @@ class SlotunePolicy:
             return min(ceiling + 1, math.ceil(load * prompt_share / capacity))
 
         queue_needs = needed_up
-        # The window's rate lags a ramp by half a window; a new replica serves a lead later.
-        forecast = arrival + max(0.0, slope) * (spec.window_s / 2 + cfg.lead_s)
         budget = 1 - spec.itl_percentile / 100
         tokens_now = current.max_batched_tokens
         needed_up = max(needed_up, prefill_needs(forecast, tokens_now, cfg.prefill_utilisation))
@@ -440,8 +477,9 @@ class SlotunePolicy:
         )
         burn_needs = 0
         if burn_trusted:
-            up_capacity = burn_model.capacity(cfg.budget_use_up * budget, beta)
-            down_capacity = burn_model.capacity(cfg.budget_use_down * budget, beta)
+            z = cfg.burn_spread_z
+            up_capacity = burn_model.capacity(cfg.budget_use_up * budget, beta, z)
+            down_capacity = burn_model.capacity(cfg.budget_use_down * budget, beta, z)
             burn_needs = min(ceiling + 1, math.ceil(forecast / up_capacity))
             needed_up = max(needed_up, burn_needs)
             needed_down = max(needed_down, min(ceiling + 1, math.ceil(forecast / down_capacity)))
@@ -473,10 +511,19 @@ class SlotunePolicy:
         ] or [[now_s, current.replicas]]
         # The window's TTFT lags a burst by a whole window; an empty queue and a current TTFT
         # under the bar is what says the burst is over.
-        safe_to_shrink = not queued and (
-            ttft is None
-            or ttft < cfg.ttft_scale_down_bar * spec.ttft_target_s
-            or (snapshot.waiting or 0.0) == 0.0
+        # Nor on a guess: with the ITL burn measured but no budget model yet, only when the
+        # burn is far below the budget (a replica fewer raises it by a third or more).
+        itl_over = snapshot.itl_over
+        burn_clear = itl_over is not None and itl_over < cfg.clear_burn * budget
+        burn_known = burn_trusted or itl_over is None or burn_clear
+        safe_to_shrink = (
+            not queued
+            and burn_known
+            and (
+                ttft is None
+                or ttft < cfg.ttft_scale_down_bar * spec.ttft_target_s
+                or (snapshot.waiting or 0.0) == 0.0
+            )
         )
         recommendation = max(needed_down, floor) if safe_to_shrink else current.replicas
         down_target = max([h[1] for h in history] + [recommendation])
@@ -499,7 +546,8 @@ class SlotunePolicy:
                     f"{per_replica_cap:.0f} concurrent requests"
                 )
         elif down_target < current.replicas and (
-            steady_window or (burn_trusted and now_s - last_change >= cfg.scale_down_spacing_s)
+            steady_window
+            or ((burn_trusted or burn_clear) and now_s - last_change >= cfg.scale_down_spacing_s)
         ):
             # One step down per window: the next decision should see the effect of this one.
             step = current.replicas - max(1, math.floor(current.replicas * cfg.max_step_down))
