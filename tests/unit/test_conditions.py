@@ -9,6 +9,7 @@ from slotune.api.resource import parse_spec
 from slotune.api.status import CONDITION_TYPES
 from slotune.controller.conditions import Observation, evaluate, merge
 from slotune.controller.reconcile import current_knobs, is_paused
+from slotune.controller.tuning import memory_patch
 from slotune.controller.workload import WorkloadSummary, summarize
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -146,3 +147,11 @@ def test_pause_annotation() -> None:
     assert is_paused({"metadata": {"annotations": {"slotune.dev/paused": "true"}}})
     assert not is_paused({"metadata": {"annotations": {"slotune.dev/paused": "false"}}})
     assert not is_paused({"metadata": {}})
+
+
+def test_memory_patch_removes_what_the_policy_forgot() -> None:
+    stored = {"burn": {"w": 3.0}, "lastRetune": 10.0}
+    assert memory_patch(stored, dict(stored)) == {}
+    # A merge patch leaves absent keys alone: the forgotten model goes out as null.
+    patch = memory_patch(stored, {"lastRetune": 20.0})
+    assert patch == {"policyMemory": {"burn": None, "lastRetune": 20.0}}

@@ -100,6 +100,17 @@ def _knobs(setting: Setting) -> Knobs:
     )
 
 
+def memory_patch(stored: Mapping[str, Any], memory: Mapping[str, Any]) -> dict[str, Any]:
+    """The status patch that makes `policyMemory` equal `memory`, or {} if it already is.
+
+    Status is written with a JSON merge patch, in which an absent key means "unchanged": a key
+    the policy dropped (a model it forgot after a retune) must be sent as null to be removed.
+    """
+    if dict(memory) == dict(stored):
+        return {}
+    return {"policyMemory": {**{k: None for k in stored if k not in memory}, **memory}}
+
+
 def tune(
     policy: Policy,
     spec: LLMServiceSpec,
@@ -136,8 +147,7 @@ def tune(
     previous.pop("time", None)
     if record != previous:
         outcome.status["lastDecision"] = {"time": rfc3339(now), **record}
-    if dict(decision.memory) != dict(status.get("policyMemory") or {}):
-        outcome.status["policyMemory"] = dict(decision.memory)
+    outcome.status.update(memory_patch(status.get("policyMemory") or {}, decision.memory))
     if action != "Hold":
         verb = "applied" if record["applied"] else "advised (tuning.mode " + spec.tuning.mode + ")"
         outcome.events.append(
