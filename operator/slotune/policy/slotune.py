@@ -1,6 +1,6 @@
-"""slotune's policy: joint control of the engine batch limit and the replica count.
+"""slotune's policy: joint control of the engine batch knobs and the replica count.
 
-The idea, in three steps each cycle:
+The idea, in four steps each cycle:
 
 1. Learn how inter-token latency grows with the batch on *this* model and GPU: fit
    ITL_p = a + b * n (n = requests running per replica) from the observed (n, ITL) pairs, with
@@ -24,6 +24,11 @@ The idea, in three steps each cycle:
    cold start ahead from the trend of the request rate. Scale up at once (bounded step) on a
    predicted or observed violation; scale down only when the smaller count has kept being
    enough for the whole stabilisation window, one bounded step at a time.
+4. Choose the token budget (max-num-batched-tokens): a step carrying a prefill chunk stalls
+   the decodes beside it, so when those stalls are what sizes the fleet, shrink the chunk to
+   the largest that fits beside a decode step within the ITL goal (Sarathi-Serve's rule). The
+   step times come from the ITL histogram (its median; the median of what is over target),
+   and the same step model caps the prompt tokens/s a replica can prefill at a given budget.
 
 Everything it needs to remember (fit statistics, recommendation history, cooldowns) is in the
 small `memory` dict that the operator keeps in the LLMService status.
@@ -549,7 +554,8 @@ class SlotunePolicy:
             steady_window
             or ((burn_trusted or burn_clear) and now_s - last_change >= cfg.scale_down_spacing_s)
         ):
-            # One step down per window: the next decision should see the effect of this one.
+            # Bounded steps, each after the last change has shown (a window) or, with a
+            # trusted model or a burn far under budget, after a shorter spacing.
             step = current.replicas - max(1, math.floor(current.replicas * cfg.max_step_down))
             target = max(down_target, step)
             reason = "OverProvisioned"
