@@ -587,17 +587,18 @@ class SlotunePolicy:
         target = _clamp(target, floor, max(ceiling, floor))
 
         # The token budget: when prefill stalls are what burns the ITL budget and so sizes
-        # the fleet, shrink the chunks until a stalled step fits in the goal. Worth a restart
-        # only if it is predicted to save a replica; like the batch limit, only when settled.
+        # the fleet (by the budget model, or by a violation it has seen), shrink the chunks
+        # until a stalled step fits in the goal. Worth a restart only if it is predicted to
+        # save a replica; like the batch limit, never while replicas start or requests queue.
         tokens_low, tokens_high = spec.max_batched_tokens_bounds
         tokens = current.max_batched_tokens
+        stalls_size_fleet = burn_needs if burn_trusted else (ready + 1 if itl_violated else 0)
         if (
             steps is not None
             and itl_goal > cfg.chunk_headroom * steps.decode_s
-            and burn_trusted
+            and stalls_size_fleet > 0
             and retune == current.max_num_seqs
             and settled
-            and steady_window
             and not queued
             and (ttft is None or ttft < cfg.chunk_ttft_bar * spec.ttft_target_s)
             and now_s - last_retune >= cfg.retune_cooldown_s
@@ -610,7 +611,7 @@ class SlotunePolicy:
             after = max(
                 queue_needs, floor, prefill_needs(forecast, new_tokens, cfg.prefill_utilisation)
             )
-            if new_tokens <= cfg.chunk_change * chunk and after < burn_needs:
+            if new_tokens <= cfg.chunk_change * chunk and after < stalls_size_fleet:
                 tokens = new_tokens
                 reason = "ITLAboveTarget"
                 stall = steps.decode_s + steps.per_token_s * chunk
