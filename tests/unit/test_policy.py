@@ -336,3 +336,11 @@ def test_burst_spread_widens_the_margin() -> None:
     mean_only = bursty.capacity(0.045, 1.5, z=0.0)
     assert bursty.capacity(0.045, 1.5, z=1.0) < mean_only
     assert BurnModel().capacity(0.045, 1.5, z=1.0) == math.inf
+
+
+def test_an_observed_violation_from_stalls_shrinks_the_token_budget_at_once() -> None:
+    # p95 ITL 40 ms > 25 ms from the first window: no budget model is needed to see that a
+    # prefill chunk of 1000 tokens (36 ms beside a 6 ms decode step) cannot fit.
+    decision = POLICY.decide(stalled(1000.0, itl=0.04, itl_over=0.2), CURRENT, SPEC, {}, 1000.0)
+    assert decision.setting.max_batched_tokens == 423
+    assert decision.reason == "ITLAboveTarget" and "token budget" in decision.message
