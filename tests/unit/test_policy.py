@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from slotune.api.resource import parse_spec
-from slotune.policy.slotune import BurnModel, SlotunePolicy, StepModel
+from slotune.policy.models import BurnModel, StepModel
+from slotune.policy.slotune import SlotunePolicy
 from slotune.policy.types import MetricsSnapshot, PolicySpec, Setting
 
 SPEC = PolicySpec.from_spec(

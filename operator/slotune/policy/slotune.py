@@ -41,6 +41,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from slotune.policy.models import BurnModel, ItlFit, StepModel
 from slotune.policy.types import Decision, MetricsSnapshot, PolicySpec, Reason, Setting
 
 STALE_AFTER_S = 60.0
@@ -82,38 +83,6 @@ class SlotuneConfig:
     chunk_headroom: float = 1.5  # shrink prefill chunks only if the goal is >= 1.5 decode steps
     chunk_change: float = 0.7  # ... and only to at most 70% of the chunk they replace
     chunk_ttft_bar: float = 0.5  # ... while TTFT (which smaller chunks lengthen) has room
-
-
-@dataclass(frozen=True)
-class ItlFit:
-    """Weighted least-squares sums of ITL against batch per replica."""
-
-    w: float = 0.0
-    sx: float = 0.0
-    sy: float = 0.0
-    sxx: float = 0.0
-    sxy: float = 0.0
-
-    def add(self, x: float, y: float, weight: float, forgetting: float) -> ItlFit:
-        f = forgetting
-        return ItlFit(
-            self.w * f + weight,
-            self.sx * f + weight * x,
-            self.sy * f + weight * y,
-            self.sxx * f + weight * x * x,
-            self.sxy * f + weight * x * y,
-        )
-
-    def line(self) -> tuple[float, float] | None:
-        """(a, b) of ITL = a + b * n, or None before any data."""
-        if self.w <= 0:
-            return None
-        det = self.w * self.sxx - self.sx * self.sx
-        if det <= 1e-12:
-            return None
-        b = (self.w * self.sxy - self.sx * self.sy) / det
-        a = (self.sy - b * self.sx) / self.w
-        return a, b
 
 
 def _with_prior(fit: ItlFit, x: float, y: float, cfg: SlotuneConfig) -> ItlFit:
@@ -189,49 +158,6 @@ def _concurrency_model(
     return per_replica
 
 
-@dataclass(frozen=True)
-class BurnModel:
-    """burn = k * x^beta, learned with forgetting from one (x, burn) pair per window.
-
-    k is the ratio estimator sum(burn) / sum(x^beta) (each window's k_i = burn / x^beta,
-    weighted by x^beta); `spread` is the weighted standard deviation of the k_i. Bursty
-    traffic makes windows at the same load burn differently, so capacity is planned at
-    k + z * spread: the margin grows with the burstiness the service has shown.
-    """
-
-    burn: float = 0.0  # sum of burn
-    load: float = 0.0  # sum of x^beta
-    burn_sq: float = 0.0  # sum of burn^2 / x^beta
-    w: float = 0.0  # forgotten count of windows
-
-    def add(self, x: float, burn: float, beta: float, forgetting: float) -> BurnModel:
-        f = forgetting
-        scaled = x**beta
-        return BurnModel(
-            self.burn * f + burn,
-            self.load * f + scaled,
-            self.burn_sq * f + burn * burn / scaled,
-            self.w * f + 1.0,
-        )
-
-    @property
-    def k(self) -> float:
-        return self.burn / self.load if self.load > 0 else 0.0
-
-    @property
-    def spread(self) -> float:
-        if self.load <= 0:
-            return 0.0
-        return math.sqrt(max(0.0, self.burn_sq / self.load - self.k**2))
-
-    def capacity(self, budget: float, beta: float, z: float) -> float:
-        """Requests/s one replica takes before burning `budget`; inf before any burn."""
-        k = self.k + z * self.spread
-        if k <= 0:
-            return math.inf
-        return float((budget / k) ** (1 / beta))
-
-
 def _window_mean_ready(
     mem: dict[str, Any], now_s: float, ready: int, spec: PolicySpec
 ) -> float | None:
@@ -264,40 +190,6 @@ def _trend(
         return 0.0
     slope: float = sum((p[0] - mean_t) * (p[1] - mean_r) for p in points) / sxx
     return slope
-
-
-@dataclass(frozen=True)
-class StepModel:
-    """An engine step's time: decode_s plus per_token_s per prefill token it carries."""
-
-    decode_s: float
-    per_token_s: float
-
-    @classmethod
-    def observe(cls, snapshot: MetricsSnapshot, current: Setting) -> StepModel | None:
-        """From the ITL histogram: its median is a decode step; the median of the
-        observations over the target is a step carrying a chunk of min(budget, mean prompt)
-        tokens. None unless such stalls are there to measure."""
-        decode, stall = snapshot.itl_median, snapshot.itl_over_median
-        rate, prompt_rate = snapshot.request_rate, snapshot.prompt_token_rate
-        if decode is None or stall is None or not rate or not prompt_rate or stall <= decode:
-            return None
-        chunk = min(float(current.max_batched_tokens), prompt_rate / rate)
-        return cls(decode, (stall - decode) / chunk)
-
-    def blend(self, other: StepModel, weight: float) -> StepModel:
-        return StepModel(
-            self.decode_s + weight * (other.decode_s - self.decode_s),
-            self.per_token_s + weight * (other.per_token_s - self.per_token_s),
-        )
-
-    def fitting_chunk(self, goal_s: float) -> float:
-        """The most prefill tokens a step may carry and still end within `goal_s`."""
-        return (goal_s - self.decode_s) / self.per_token_s
-
-    def prefill_capacity(self, tokens: int) -> float:
-        """Prompt tokens/s one replica can prefill when every step carries a full chunk."""
-        return tokens / (self.decode_s + self.per_token_s * tokens)
 
 
 def _fewest(concurrency: Callable[[int], float], limit: float, ceiling: int) -> int:
