@@ -361,6 +361,45 @@ def test_steady_state_and_restart_write_nothing(
     assert condition(get(k8s, namespace, "quiet"), "Ready")["status"] == "True"
 
 
+def test_switching_to_external_keeps_the_replica_count(
+    operator: OperatorProcess, k8s: Any, namespace: str
+) -> None:
+    create(k8s, service("handover", namespace, scaling={"minReplicas": 2, "maxReplicas": 4}))
+    eventually(lambda: deployment(k8s, namespace, "handover").spec.replicas == 2, 90, "2 replicas")
+    # Replicas go to an HPA that has not scaled yet, and the same edit changes the pod template,
+    # so slotune re-applies the Deployment without replicas. Server-side apply would drop the
+    # field it alone owned and the Deployment would default to 1 replica.
+    custom(k8s).patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        "handover",
+        {
+            "spec": {
+                "scaling": {"mode": "external"},
+                "engine": {"env": [{"name": "X", "value": "1"}]},
+            }
+        },
+    )
+
+    def rolled() -> Any:
+        dep = deployment(k8s, namespace, "handover")
+        env = dep.spec.template.spec.containers[0].env or []
+        return dep if any(e.name == "X" for e in env) else None
+
+    dep = eventually(rolled, 60, "the new pod template")
+    assert dep.spec.replicas == 2
+    owners = {
+        entry.manager
+        for entry in dep.metadata.managed_fields
+        if "f:replicas" in ((entry.fields_v1 or {}).get("f:spec") or {})
+    }
+    assert owners == {"slotune-handover"}, owners  # slotune let go; the value stayed
+    time.sleep(6)  # resyncs change nothing
+    assert deployment(k8s, namespace, "handover").spec.replicas == 2
+
+
 def test_external_scaling_mode_never_writes_replicas(
     operator: OperatorProcess, k8s: Any, namespace: str, control_plane: ControlPlane
 ) -> None:

@@ -18,6 +18,8 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
 FIELD_MANAGER = "slotune"
+# Co-owns spec.replicas when slotune stops applying it (scaling.mode auto -> external).
+HANDOVER_MANAGER = "slotune-handover"
 log = logging.getLogger(__name__)
 
 
@@ -38,6 +40,35 @@ def is_subset(desired: Any, live: Any) -> bool:
             and all(is_subset(d, lv) for d, lv in zip(desired, live, strict=True))
         )
     return bool(desired == live)
+
+
+def replicas_handover(child: Mapping[str, Any], live: Mapping[str, Any]) -> dict[str, Any] | None:
+    """An apply body that keeps a Deployment's replica count when slotune stops applying it.
+
+    Server-side apply removes a field its last owner stops sending, and the Deployment then
+    defaults to 1 replica: switching `scaling.mode` to external before the HPA first scaled
+    would drop a serving fleet to one pod. Kubernetes' documented handover is to apply the field
+    under another manager first (shared ownership), so it survives our manager letting go. None
+    when not needed: the child still sets replicas, or slotune's apply does not own them.
+    """
+    if child.get("kind") != "Deployment" or "replicas" in (child.get("spec") or {}):
+        return None
+    meta = live.get("metadata") or {}
+    ours = any(
+        entry.get("manager") == FIELD_MANAGER
+        and entry.get("operation") == "Apply"
+        and "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {})
+        for entry in meta.get("managedFields") or []
+    )
+    replicas = (live.get("spec") or {}).get("replicas")
+    if not ours or replicas is None:
+        return None
+    return {
+        "apiVersion": child["apiVersion"],
+        "kind": "Deployment",
+        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace")},
+        "spec": {"replicas": replicas},
+    }
 
 
 class ChildConflict(Exception):
@@ -120,6 +151,22 @@ class Applier:
                     )
                 if is_subset(child, live):
                     continue
+                handover = replicas_handover(child, live)
+                if handover is not None:
+                    self.client.server_side_apply(
+                        api,
+                        body=handover,
+                        name=meta["name"],
+                        namespace=meta["namespace"],
+                        field_manager=HANDOVER_MANAGER,
+                        force_conflicts=False,
+                    )
+                    log.info(
+                        "%s/%s: replicas handed over, kept at %s",
+                        kind,
+                        meta["name"],
+                        handover["spec"]["replicas"],
+                    )
             self.client.server_side_apply(
                 api,
                 body=child,
