@@ -68,6 +68,34 @@ def test_ttft_violation_scales_up_at_once() -> None:
     assert decision.action(CURRENT) in ("ScaleUp", "ScaleAndRetune")
 
 
+def test_a_queue_that_drains_before_a_cold_start_adds_no_replicas() -> None:
+    # The window's TTFT is still far over target, but the queue fell from 900 to 300 in 30 s:
+    # it is gone in 15 s, long before a new replica could serve.
+    memory = dict(POLICY.decide(snap(ttft=8.0, waiting=900), CURRENT, SPEC, SETTLED, 970.0).memory)
+    draining = POLICY.decide(snap(ttft=8.0, waiting=300), CURRENT, SPEC, memory, 1000.0)
+    assert draining.reason == "TTFTAboveTarget"
+    assert draining.setting.replicas == CURRENT.replicas
+    # The same queue growing instead: scale up at once.
+    memory = dict(POLICY.decide(snap(ttft=8.0, waiting=100), CURRENT, SPEC, SETTLED, 970.0).memory)
+    growing = POLICY.decide(snap(ttft=8.0, waiting=300), CURRENT, SPEC, memory, 1000.0)
+    assert growing.setting.replicas > CURRENT.replicas
+
+
+def test_a_drained_backlog_is_not_read_as_a_load_trend() -> None:
+    # A backlog of 1,500 requests drains over two minutes; meanwhile the 5-minute rate climbs
+    # from 20 to 26 req/s with it, not because more requests arrive.
+    memory: dict[str, Any] = dict(SETTLED)
+    for step in range(12):
+        now = 1000.0 + 30 * step
+        memory = dict(POLICY.decide(snap(time_s=now), CURRENT, SPEC, memory, now).memory)
+    for step, waiting in enumerate((1500.0, 1000.0, 500.0, 0.0, 0.0, 0.0, 0.0)):
+        now = 1360.0 + 30 * step
+        observed = snap(time_s=now, request_rate=20.0 + step, waiting=waiting)
+        decision = POLICY.decide(observed, CURRENT, SPEC, memory, now)
+        memory = dict(decision.memory)
+    assert decision.setting.replicas == CURRENT.replicas, decision.message
+
+
 def test_itl_violation_lowers_the_batch_limit_once_the_fit_is_confident() -> None:
     # ITL rises 0.5 ms per running request from 15 ms at 40: the goal (21 ms) sits at ~52.
     # The limit (80) binds: replicas run at 75 of it.

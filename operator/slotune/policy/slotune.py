@@ -75,6 +75,7 @@ class SlotuneConfig:
     max_load_change: float = 0.5  # learn only from windows whose load moved less than this
     lead_s: float = 150.0  # forecast this far ahead: a cold start plus a tuning interval
     trend_horizon_s: float = 180.0  # fit the request rate's trend over this much history
+    backlog_fraction: float = 0.1  # a queue this share of a window's requests hides the trend
     scale_down_spacing_s: float = 120.0  # between steps down once the budget model is trusted
     clear_burn: float = 0.25  # ... or while the burn is under a quarter of the budget
     prefill_utilisation: float = 0.7  # of the prefill capacity a token budget leaves, up
@@ -101,22 +102,31 @@ def _with_prior(fit: ItlFit, x: float, y: float, cfg: SlotuneConfig) -> ItlFit:
     )
 
 
-def _arrival_rate(snapshot: MetricsSnapshot, mem: dict[str, Any], now_s: float) -> float:
-    """Requests per second arriving, not just finishing, plus what drains the backlog.
+def _arrival_rate(
+    snapshot: MetricsSnapshot, mem: dict[str, Any], now_s: float, drain_s: float
+) -> tuple[float, bool]:
+    """Requests per second arriving, not just finishing, plus what drains the backlog; and
+    whether the replicas already serving drain the queue within `drain_s` on their own.
 
     The finished rate is capped by today's capacity; the queue's growth since the last
     snapshot is the part of the arrivals that did not get in. The backlog itself is drained
     over `BACKLOG_DRAIN_S`, not held in parallel (sizing for it would double replicas every
-    cycle while new ones are still starting).
+    cycle while new ones are still starting). A queue that shrinks fast enough to be gone
+    before a new replica could serve (`drain_s`: a cold start) needs none: replicas added for
+    it would arrive after it, to an idle fleet.
     """
     rate = snapshot.request_rate or 0.0
     waiting = snapshot.waiting or 0.0
     inflow = 0.0
+    draining = False
     previous = mem.get("queue")
     if previous is not None and 0 < now_s - previous[0] <= 180:
-        inflow = max(0.0, (waiting - previous[1]) / (now_s - previous[0]))
+        change = (waiting - previous[1]) / (now_s - previous[0])
+        inflow = max(0.0, change)
+        draining = change < 0 and waiting <= -change * drain_s
     mem["queue"] = [now_s, waiting]
-    return rate + inflow + waiting / BACKLOG_DRAIN_S
+    backlog = 0.0 if draining else waiting / BACKLOG_DRAIN_S
+    return rate + inflow + backlog, draining
 
 
 def _concurrency_model(
@@ -257,7 +267,18 @@ class SlotunePolicy:
         # While the first window fills, a window rate climbs whatever the load does: the
         # trend counts from the first whole window on.
         since = float(mem.setdefault("since", now_s))
-        slope = _trend(mem, now_s, rate, cfg.trend_horizon_s, since + spec.window_s)
+        # Nor while a drained backlog is still in the window: the finished rate then climbs
+        # with the backlog and the new replicas, not with the load. (A backlog that adds a
+        # tenth to the window's requests; a few waiting requests are noise.)
+        waiting = snapshot.waiting or 0.0
+        if waiting > ready:
+            mem["queuedAt"] = now_s
+        if waiting > cfg.backlog_fraction * rate * spec.window_s:
+            mem["backlogAt"] = now_s
+        backlog_at = float(mem.get("backlogAt", -math.inf))
+        slope = _trend(
+            mem, now_s, rate, cfg.trend_horizon_s, max(since, backlog_at) + spec.window_s
+        )
         # A retune rolls the pods one at a time (maxSurge 1), a cold start each: until the last
         # new pod has served a whole window, the window mixes both settings.
         rolled_out = float(mem.get("rolloutEnd", mem.get("lastRetune", -math.inf)))
@@ -266,8 +287,6 @@ class SlotunePolicy:
         # A window that saw a surge (load moving by half or more across it, or a queue at any
         # time in it) pairs a lagging rate with a transient burn: it would teach a capacity
         # far too low.
-        if (snapshot.waiting or 0.0) > ready:
-            mem["queuedAt"] = now_s
         settled_load = (
             abs(slope) * spec.window_s <= cfg.max_load_change * rate
             and now_s - float(mem.get("queuedAt", -math.inf)) >= spec.window_s
@@ -343,7 +362,7 @@ class SlotunePolicy:
             per_replica_cap = max(1.0, min(float(retune), capacity))
         ceiling, floor = spec.replica_ceiling, spec.min_replicas
         demand = (snapshot.running or 0.0) + (snapshot.waiting or 0.0)
-        arrival = _arrival_rate(snapshot, mem, now_s)
+        arrival, draining = _arrival_rate(snapshot, mem, now_s, cfg.lead_s)
         # The window's rate lags a ramp by half a window; a new replica serves a lead later.
         # (While requests queue, the finished rate climbs with the replicas that come up, and
         # the queue's growth already counts the arrivals that do not get in.)
@@ -384,9 +403,10 @@ class SlotunePolicy:
         reason: Reason = "Steady"
         message = "latencies within target"
         if ttft is not None and ttft > spec.ttft_target_s:
-            # The window quantile lags: grow on it only while requests still queue now, and
-            # from the ready count, so replicas already starting are not asked for twice.
-            if queued:
+            # The window quantile lags: grow on it only while requests still queue now (and
+            # would still queue when a new replica serves), and from the ready count, so
+            # replicas already starting are not asked for twice.
+            if queued and not draining:
                 grow = math.ceil(ready * min(2.0, max(1.25, ttft / spec.ttft_target_s)))
                 needed_up = max(needed_up, grow)
             reason = "TTFTAboveTarget"
