@@ -109,4 +109,5 @@ def to_snapshot(
         itl_over=itl_over,
         itl_median=quantile(itl, 50.0),
         itl_over_median=quantile(itl, 100 * (1 - itl_over / 2)) if itl_over else None,
+        itl_buckets=tuple(sorted(itl.items())) if itl else (),
     )

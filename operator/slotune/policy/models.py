@@ -96,16 +96,45 @@ class StepModel:
     per_token_s: float
 
     @classmethod
-    def observe(cls, snapshot: MetricsSnapshot, current: Setting) -> StepModel | None:
+    def from_stalls(cls, snapshot: MetricsSnapshot, current: Setting) -> StepModel | None:
         """From the ITL histogram: its median is a decode step; the median of the
         observations over the target is a step carrying a chunk of min(budget, mean prompt)
-        tokens. None unless such stalls are there to measure."""
+        tokens. None unless such stalls are there to measure. (Several prompts can share a
+        step, so this prices a token high: a safe side, but a pessimistic one.)"""
         decode, stall = snapshot.itl_median, snapshot.itl_over_median
         rate, prompt_rate = snapshot.request_rate, snapshot.prompt_token_rate
         if decode is None or stall is None or not rate or not prompt_rate or stall <= decode:
             return None
         chunk = min(float(current.max_batched_tokens), prompt_rate / rate)
         return cls(decode, (stall - decode) / chunk)
+
+    @classmethod
+    def from_chunked_steps(
+        cls, snapshot: MetricsSnapshot, current: Setting, max_share: float = 0.5
+    ) -> StepModel | None:
+        """When the token budget is below the mean prompt, prompts are cut into full chunks
+        of the budget, so the steps carrying one are countable: prompt tokens/s over the
+        budget, against all steps (generated tokens/s over running requests, one token per
+        request per step). Each step gives every running request one ITL observation, so
+        that share of the observations are chunk steps: their median, at the rank
+        1 - share/2 of the histogram, is a step carrying exactly the budget. Whether or not
+        anything is over the target. None outside that regime or without the data."""
+        rate, prompt_rate = snapshot.request_rate, snapshot.prompt_token_rate
+        generated, running = snapshot.generation_token_rate, snapshot.running
+        budget = float(current.max_batched_tokens)
+        decode = snapshot.itl_median
+        ready = snapshot.ready_replicas
+        if not (rate and prompt_rate and generated and running and decode and ready > 0):
+            return None
+        if prompt_rate / rate <= budget or running < ready:
+            return None
+        share = prompt_rate * running / (ready * budget * generated)
+        if not 0 < share < max_share:
+            return None
+        step = histogram_quantile(snapshot.itl_buckets, 1 - share / 2)
+        if step is None or step <= decode:
+            return None
+        return cls(decode, (step - decode) / budget)
 
     def blend(self, other: StepModel, weight: float) -> StepModel:
         return StepModel(
@@ -120,3 +149,23 @@ class StepModel:
     def prefill_capacity(self, tokens: int) -> float:
         """Prompt tokens/s one replica can prefill when every step carries a full chunk."""
         return tokens / (self.decode_s + self.per_token_s * tokens)
+
+
+def histogram_quantile(buckets: tuple[tuple[float, float], ...], q: float) -> float | None:
+    """Prometheus' `histogram_quantile` over (upper bound, cumulative) pairs ending with
+    +inf: linear inside the bucket, the last finite bound for the +inf bucket; None empty."""
+    if not buckets or buckets[-1][0] != math.inf or max(c for _, c in buckets) <= 0:
+        return None
+    rank = q * max(c for _, c in buckets)
+    lower, below = 0.0, 0.0
+    for bound, count in buckets:
+        cumulative = max(count, below)  # rates of separate buckets can cross; Prometheus
+        # makes them monotonic first, so does this
+        if cumulative >= rank:
+            if bound == math.inf:
+                return lower
+            if cumulative <= below:
+                return bound
+            return lower + (bound - lower) * (rank - below) / (cumulative - below)
+        lower, below = bound, cumulative
+    return lower

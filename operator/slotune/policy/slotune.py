@@ -42,7 +42,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from slotune.policy.models import BurnModel, ItlFit, StepModel
-from slotune.policy.types import Decision, MetricsSnapshot, PolicySpec, Reason, Setting
+from slotune.policy.types import (
+    Decision,
+    MetricsSnapshot,
+    PolicySpec,
+    Reason,
+    Setting,
+    rollout_rounds,
+)
 
 STALE_AFTER_S = 60.0
 BACKLOG_DRAIN_S = 240.0  # drain a queue within about two cold starts
@@ -279,8 +286,8 @@ class SlotunePolicy:
         slope = _trend(
             mem, now_s, rate, cfg.trend_horizon_s, max(since, backlog_at) + spec.window_s
         )
-        # A retune rolls the pods one at a time (maxSurge 1), a cold start each: until the last
-        # new pod has served a whole window, the window mixes both settings.
+        # A retune rolls the pods a quarter at a time (maxSurge 25%), a cold start each round:
+        # until the last new pod has served a whole window, the window mixes both settings.
         rolled_out = float(mem.get("rolloutEnd", mem.get("lastRetune", -math.inf)))
         retuned_in_window = now_s < rolled_out + spec.window_s
         window_tokens = (snapshot.generation_token_rate or 0.0) * spec.window_s
@@ -304,10 +311,12 @@ class SlotunePolicy:
         burn_trusted = burn_model.w >= cfg.min_burn_samples
         # The step model: what a prefill token costs, measured whenever stalls break the ITL
         # target and remembered after a smaller token budget has made them disappear.
-        observed_steps = StepModel.observe(snapshot, current)
-        steps = StepModel(**mem["steps"]) if "steps" in mem else None
         material = (snapshot.itl_over or 0.0) > 0.2 * (1 - spec.itl_percentile / 100)
-        if observed_steps is not None and material and settled_load and not retuned_in_window:
+        observed_steps = StepModel.from_chunked_steps(snapshot, current) or (
+            StepModel.from_stalls(snapshot, current) if material else None
+        )
+        steps = StepModel(**mem["steps"]) if "steps" in mem else None
+        if observed_steps is not None and settled_load and not retuned_in_window:
             steps = (
                 observed_steps
                 if steps is None
@@ -537,7 +546,7 @@ class SlotunePolicy:
             mem["lastChange"] = now_s
         if knobs_changed:
             mem["lastRetune"] = now_s
-            mem["rolloutEnd"] = now_s + max(target, current.replicas) * cfg.lead_s
+            mem["rolloutEnd"] = now_s + rollout_rounds(max(target, current.replicas)) * cfg.lead_s
             mem.pop("burn", None)  # the budget model describes one batch setting
         if tokens != current.max_batched_tokens:
             # Shorter stalls change ITL at every batch size: learn the line again too.

@@ -9,6 +9,7 @@ cooldowns and fitted models survive restarts.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -30,6 +31,18 @@ Reason = Literal[
     "BaselineRule",
 ]
 Action = Literal["ScaleUp", "ScaleDown", "Retune", "ScaleAndRetune", "Hold"]
+
+# The rendered Deployment's rolling-update surge, as a share of the replicas (Kubernetes rounds
+# it up): new batch flags restart every pod, and a quarter of the fleet at a time bounds a
+# rollout to about four cold starts. The simulator rolls the same way; the policy uses it to
+# know when a rollout is over.
+ROLLING_UPDATE_MAX_SURGE = 0.25
+
+
+def rollout_rounds(replicas: int) -> int:
+    """Cold starts, one after another, that a rolling restart of `replicas` pods takes."""
+    surge = max(1, math.ceil(ROLLING_UPDATE_MAX_SURGE * replicas))
+    return max(1, math.ceil(replicas / surge))
 
 
 @dataclass(frozen=True)
@@ -90,6 +103,9 @@ class MetricsSnapshot:
     # decodes beside them). None without observations over the target.
     itl_median: float | None = None
     itl_over_median: float | None = None
+    # The ITL histogram itself, summed over servers: (upper bound, cumulative rate) pairs
+    # ending with +inf, for quantiles at ranks the policy derives; empty where not known.
+    itl_buckets: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from slotune import __version__
 from slotune.api.resource import API_VERSION, KIND, LLMService
 from slotune.api.spec import GPU_PRODUCTS, LLMServiceSpec
 from slotune.api.status import Knobs
+from slotune.policy.types import ROLLING_UPDATE_MAX_SURGE
 from slotune.render.engines import adapter_for
 
 Manifest = dict[str, Any]
@@ -189,6 +190,7 @@ def render_children(
             labels=server_labels,
             owner_references=owners,
             replicas=knobs.replicas if spec.scaling.mode == "auto" else None,
+            max_surge=f"{ROLLING_UPDATE_MAX_SURGE:.0%}",
             selector=selector,
             # No version label on pods: upgrading slotune must not restart every model server.
             pod_labels={

@@ -10,13 +10,13 @@ what the operator's Deployment does to the serving capacity:
 * **GPU budget.** Pods that would exceed ``gpu_budget`` GPUs stay ``Pending`` (unschedulable)
   and are scheduled first-come-first-served as GPUs free up.
 * **Rolling restart.** The batch flags are command-line flags of ``vllm serve``, so changing
-  them changes the pod template and the Deployment rolls: ``maxSurge: 1``,
-  ``maxUnavailable: 0`` (as the rendered Deployment says) -- one new pod is created, and an
-  old one is removed only once the ready count stays at or above the desired replicas
-  without it. *Our choice when the surge cannot be scheduled* (the GPU budget is full):
-  Kubernetes would stall the rollout forever; we replace one pod at a time instead -- an old
-  pod is removed first, which dips the capacity by one replica for a cold start. This is
-  what the operator gets by rendering ``maxSurge: 0, maxUnavailable: 1`` when
+  them changes the pod template and the Deployment rolls: ``maxSurge: 25%`` (rounded up),
+  ``maxUnavailable: 0`` (as the rendered Deployment says) -- that many new pods are
+  created, and an old one is removed only once the ready count stays at or above the
+  desired replicas without it. *Our choice when the surge cannot be scheduled* (the GPU
+  budget is full): Kubernetes would stall the rollout forever; we replace one pod at a time
+  instead -- an old pod is removed first, which dips the capacity by one replica for a cold
+  start. This is what the operator gets by rendering ``maxSurge: 0, maxUnavailable: 1`` when
   ``replicas * gpusPerReplica`` reaches the budget. No dip happens while a terminating pod
   is about to free a GPU.
 * **Scale-down and drain.** A removed pod stops receiving requests at once (its endpoint
@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
 
+from slotune.policy.types import ROLLING_UPDATE_MAX_SURGE
 from slotune.sim.engine import Engine, FinishedRequest, Request
 from slotune.sim.perf import PerformanceModel, PerfProfile
 from slotune.sim.vllm_metrics import VllmMetrics
@@ -478,8 +479,8 @@ class Cluster:
             self._schedule_pending(now)
             return
 
-        # Rolling update, maxSurge 1 / maxUnavailable 0. Old pods that do not serve count for
-        # nothing: remove them at once.
+        # Rolling update, maxSurge 25% (rounded up) / maxUnavailable 0. Old pods that do not
+        # serve count for nothing: remove them at once.
         for p in old:
             if p.phase is not PodPhase.READY:
                 self._terminate(p, now)
@@ -498,7 +499,8 @@ class Cluster:
             ready -= 1
         # New pods come while the total stays within desired + maxSurge (terminating pods
         # are not counted, as in the Deployment controller).
-        while len(new) < n and len(new) + len(old_ready) < n + 1:
+        surge = max(1, math.ceil(ROLLING_UPDATE_MAX_SURGE * n))
+        while len(new) < n and len(new) + len(old_ready) < n + surge:
             new.append(self._create(now))
         self._schedule_pending(now)
         # The surge pod cannot get a GPU and nothing will free one soon: replace in place.

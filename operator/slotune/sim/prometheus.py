@@ -324,5 +324,14 @@ class PrometheusView:
             ttft_over=over(0, spec.ttft_target_s),
             itl_over=itl_over,
             itl_median=quantile(1, 50.0),
+            itl_buckets=tuple(
+                zip(
+                    (*self.visible[INTER_TOKEN_LATENCY], math.inf),
+                    _monotonic(self.visible[INTER_TOKEN_LATENCY], bucket_rates[1]).cumulative,
+                    strict=True,
+                )
+            )
+            if have_rate
+            else (),
             itl_over_median=quantile(1, 100 * (1 - itl_over / 2)) if itl_over else None,
         )

@@ -65,7 +65,7 @@ def rollout_trace(c: Cluster, until: float) -> list[tuple[int, int, int]]:
     return seen
 
 
-def test_rolling_restart_surges_one_pod_and_never_drops_below_the_desired_count() -> None:
+def test_a_small_fleet_rolls_one_pod_at_a_time_and_never_below_the_desired_count() -> None:
     c = cluster(3, cold_start_s=120.0)
     assert c.set_template(T2, 0.0) is True
     assert c.restarts == 1
@@ -76,6 +76,24 @@ def test_rolling_restart_surges_one_pod_and_never_drops_below_the_desired_count(
     assert len(c.pods) == 3
     # One replacement per cold start: the third new pod is ready at 3 x 120 s.
     assert seen[3 * 120 - 2][0] == 3 and c.pods_created == 6
+
+
+def test_a_large_fleet_rolls_a_quarter_at_a_time() -> None:
+    c = cluster(8, cold_start_s=120.0)  # a warm start: all 8 serve at once
+    assert c.set_template(T2, 0.0) is True
+    done = None
+    lowest_ready, most_live = 8, 8
+    for t in range(1, 1000):
+        c.advance(float(t))
+        live = [p for p in c.pods if p.phase is not PodPhase.TERMINATING]
+        lowest_ready = min(lowest_ready, c.ready_replicas)
+        most_live = max(most_live, len(live))
+        if done is None and all(p.template == T2 and p.phase is PodPhase.READY for p in live):
+            done = t
+    assert lowest_ready >= 8  # maxUnavailable 0
+    assert most_live == 10  # maxSurge 25% of 8
+    # Four rounds of two pods, a cold start each: 4 x 120 s, not 8 x 120 s.
+    assert done is not None and 3 * 120 < done <= 4 * 120 + 2
 
 
 def test_same_template_is_not_a_restart() -> None:
