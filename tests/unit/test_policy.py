@@ -282,6 +282,23 @@ def test_budget_model_scales_up_before_the_quantile_breaks() -> None:
     assert decision.reason == "ITLAboveTarget" and "budget" in decision.message
 
 
+def test_a_burst_is_not_extrapolated_like_a_ramp() -> None:
+    # Learned at 16 req/s on 4 replicas; then the window's rate jumps 16 -> 24 in a minute (a
+    # burst entering the window). Extrapolated for five minutes that slope would triple the
+    # load; the forecast adds at most half the rate.
+    def final(policy: SlotunePolicy) -> Setting:
+        current, memory = Setting(4, 128, 8192), dict(SETTLED)
+        for step in range(23):
+            now = 1000.0 + 30 * step
+            rate = 16.0 if step < 20 else 16.0 + 4 * (step - 19)
+            decision = policy.decide(burn_snap(rate, 4, now), current, SPEC, memory, now)
+            memory = dict(decision.memory)
+        return decision.setting
+
+    uncapped = SlotunePolicy(replace(POLICY.config, max_trend_growth=math.inf))
+    assert final(POLICY).replicas < final(uncapped).replicas
+
+
 def test_a_surge_window_does_not_teach_the_budget_model() -> None:
     memory: dict[str, Any] = dict(SETTLED)
     current = Setting(4, 128, 8192)
@@ -383,8 +400,12 @@ def test_no_token_retune_when_a_decode_step_alone_nears_the_goal() -> None:
 
 
 def test_no_token_retune_when_ttft_has_no_room() -> None:
-    seen = run_until_retune({"ttft": 0.3})  # smaller chunks lengthen every prefill
+    # Smaller chunks add a decode step per chunk to every prefill: at 450 ms of a 500 ms
+    # target there is no room for that; at 300 ms there is.
+    seen = run_until_retune({"ttft": 0.45})
     assert all(s.max_batched_tokens == CURRENT.max_batched_tokens for s, _ in seen)
+    seen = run_until_retune({"ttft": 0.3})
+    assert any(s.max_batched_tokens < CURRENT.max_batched_tokens for s, _ in seen)
 
 
 def test_burst_spread_widens_the_margin() -> None:

@@ -82,6 +82,7 @@ class SlotuneConfig:
     max_load_change: float = 0.5  # learn only from windows whose load moved less than this
     lead_s: float = 150.0  # forecast this far ahead: a cold start plus a tuning interval
     trend_horizon_s: float = 180.0  # fit the request rate's trend over this much history
+    max_trend_growth: float = 0.5  # ... and let it add at most half the rate to the forecast
     backlog_fraction: float = 0.1  # a queue this share of a window's requests hides the trend
     scale_down_spacing_s: float = 120.0  # between steps down once the budget model is trusted
     clear_burn: float = 0.25  # ... or while the burn is under a quarter of the budget
@@ -90,7 +91,8 @@ class SlotuneConfig:
     step_model_weight: float = 0.3  # how fast the step model follows new measurements
     chunk_headroom: float = 1.5  # shrink prefill chunks only if the goal is >= 1.5 decode steps
     chunk_change: float = 0.7  # ... and only to at most 70% of the chunk they replace
-    chunk_ttft_bar: float = 0.5  # ... while TTFT (which smaller chunks lengthen) has room
+    chunk_ttft_bar: float = 0.9  # ... while TTFT, lengthened by the extra chunk steps, fits
+    tail_prompt: float = 4.0  # a prompt this many times the mean sets the TTFT percentile
 
 
 def _with_prior(fit: ItlFit, x: float, y: float, cfg: SlotuneConfig) -> ItlFit:
@@ -377,7 +379,10 @@ class SlotunePolicy:
         # the queue's growth already counts the arrivals that do not get in.)
         forecast = arrival
         if not queued:
-            forecast += max(0.0, slope) * (spec.window_s / 2 + cfg.lead_s)
+            # A ramp, not a burst: a minute's burst steepens the window's rate for a while,
+            # and extrapolating it five minutes would size for load that never comes.
+            growth = max(0.0, slope) * (spec.window_s / 2 + cfg.lead_s)
+            forecast += min(growth, cfg.max_trend_growth * rate)
         concurrency = _concurrency_model(snapshot, line, forecast)
         needed_up = _fewest(concurrency, cfg.target_utilisation * per_replica_cap, ceiling)
         needed_down = _fewest(concurrency, cfg.scale_down_utilisation * per_replica_cap, ceiling)
@@ -521,7 +526,6 @@ class SlotunePolicy:
             and retune == current.max_num_seqs
             and settled
             and not queued
-            and (ttft is None or ttft < cfg.chunk_ttft_bar * spec.ttft_target_s)
             and now_s - last_retune >= cfg.retune_cooldown_s
         ):
             mean_prompt = (snapshot.prompt_token_rate or 0.0) / (snapshot.request_rate or 1.0)
@@ -532,7 +536,15 @@ class SlotunePolicy:
             after = max(
                 queue_needs, floor, prefill_needs(forecast, new_tokens, cfg.prefill_utilisation)
             )
-            if new_tokens <= cfg.chunk_change * chunk and after < stalls_size_fleet:
+            # Smaller chunks cost a long prompt one decode step more per extra chunk (its
+            # tokens cost the same): the TTFT percentile must still fit after that.
+            extra_steps = cfg.tail_prompt * mean_prompt * (1 / new_tokens - 1 / tokens)
+            ttft_after = None if ttft is None else ttft + extra_steps * steps.decode_s
+            if (
+                new_tokens <= cfg.chunk_change * chunk
+                and after < stalls_size_fleet
+                and (ttft_after is None or ttft_after <= cfg.chunk_ttft_bar * spec.ttft_target_s)
+            ):
                 tokens = new_tokens
                 reason = "ITLAboveTarget"
                 stall = steps.decode_s + steps.per_token_s * chunk
