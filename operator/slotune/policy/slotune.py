@@ -134,7 +134,9 @@ def _arrival_rate(
         inflow = max(0.0, change)
         draining = change < 0 and waiting <= -change * drain_s
     mem["queue"] = [now_s, waiting]
-    backlog = 0.0 if draining else waiting / BACKLOG_DRAIN_S
+    # The backlog a new replica will find: what waits now and what keeps joining it until
+    # it serves.
+    backlog = 0.0 if draining else (waiting + inflow * drain_s) / BACKLOG_DRAIN_S
     return rate + inflow + backlog, draining
 
 
