@@ -88,5 +88,8 @@ def test_snapshot_quantiles_freshness_and_missing_is_none() -> None:
     # 10 observations, 5 above 0.1, 1 above 0.5; 500 ms lies on a bound, 25 ms inside (0, 0.1].
     assert snap.ttft_over == 0.1
     assert snap.itl_over == pytest.approx(1 - 5 * 0.25 / 10)
+    # The ITL histogram itself travels too, in bound order with +Inf last (for quantiles at
+    # ranks the policy derives).
+    assert snap.itl_buckets == ((0.1, 5.0), (0.5, 9.0), (math.inf, 10.0))
     assert to_snapshot(None, SPEC, 1, 0, 1000) is None
     assert quantile({0.1: 0.0, math.inf: 0.0}, 95) is None  # no traffic is not zero latency

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from slotune.api.spec import LLMServiceSpec
+from slotune.policy.models import histogram_quantile as policy_quantile
 from slotune.policy.types import Decision, MetricsSnapshot, PolicySpec, Setting
 from slotune.sim.cluster import Cluster, ClusterConfig, Template
 from slotune.sim.harness import HarnessConfig, bucket_layout, simulate
@@ -175,6 +176,10 @@ def test_the_snapshot_is_what_the_histograms_say() -> None:
         assert total is not None
         # Every pod's increase is stretched by the same 300/285: quantiles are unchanged.
         assert got == pytest.approx(total.quantile(percentile / 100), rel=1e-9)
+    # The ITL histogram the policy gets agrees with the quantiles computed from it.
+    assert [b for b, _ in snap.itl_buckets] == [*visible[INTER_TOKEN_LATENCY], math.inf]
+    assert policy_quantile(snap.itl_buckets, 0.95) == pytest.approx(snap.itl, rel=1e-9)
+    assert policy_quantile(snap.itl_buckets, 0.5) == pytest.approx(snap.itl_median, rel=1e-9)
     finished = sum(
         last[p]["h"][E2E_REQUEST_LATENCY].count - first[p]["h"][E2E_REQUEST_LATENCY].count
         for p in pods
