@@ -95,6 +95,19 @@ def test_knobs_become_engine_flags_and_replicas() -> None:
     assert server(children)["resources"]["limits"]["nvidia.com/gpu"] == "4"
 
 
+def test_rollouts_surge_a_quarter_unless_the_gpu_budget_is_full() -> None:
+    service = load(ROOT / "examples" / "llama-3-70b-fp8-h100x4.yaml")  # gpuBudget 32, 4 per replica
+
+    def rolling(replicas: int) -> dict[str, Any]:
+        knobs = Knobs(replicas=replicas, max_num_seqs=96, max_batched_tokens=4096)
+        update: dict[str, Any] = render_children(service, knobs)[0]["spec"]["strategy"]
+        return update["rollingUpdate"]
+
+    assert rolling(7) == {"maxUnavailable": 0, "maxSurge": "25%"}  # 28 GPUs: room for one more
+    # 32 GPUs held: a surge pod would stay Pending and the rollout stall; replace in place.
+    assert rolling(8) == {"maxUnavailable": 1, "maxSurge": 0}
+
+
 def test_external_scaling_leaves_replicas_to_the_autoscaler() -> None:
     children = render_children(load(ROOT / "examples" / "qwen-sglang-a100.yaml"))
     assert "replicas" not in children[0]["spec"]

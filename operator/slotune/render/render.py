@@ -43,6 +43,15 @@ class RenderError(ValueError):
     """A template produced something that is not the manifest it should be (a bug, not input)."""
 
 
+def _rollout(spec: LLMServiceSpec, knobs: Knobs) -> dict[str, int | str]:
+    """The rolling update's surge: a quarter of the replicas, or none (one pod replaced in
+    place) when the GPU budget has no room for even one more replica."""
+    budget, gpus = spec.scaling.gpu_budget, spec.resources.gpus_per_replica
+    if budget is not None and spec.scaling.mode == "auto" and (knobs.replicas + 1) * gpus > budget:
+        return {"max_surge": 0, "max_unavailable": 1}
+    return {"max_surge": f"{ROLLING_UPDATE_MAX_SURGE:.0%}", "max_unavailable": 0}
+
+
 def initial_knobs(spec: LLMServiceSpec) -> Knobs:
     """The knobs before any tuning: the lowest replica count and the initial batch values."""
     return Knobs(
@@ -190,7 +199,7 @@ def render_children(
             labels=server_labels,
             owner_references=owners,
             replicas=knobs.replicas if spec.scaling.mode == "auto" else None,
-            max_surge=f"{ROLLING_UPDATE_MAX_SURGE:.0%}",
+            **_rollout(spec, knobs),
             selector=selector,
             # No version label on pods: upgrading slotune must not restart every model server.
             pod_labels={

@@ -17,7 +17,7 @@ what the operator's Deployment does to the serving capacity:
   budget is full): Kubernetes would stall the rollout forever; we replace one pod at a time
   instead -- an old pod is removed first, which dips the capacity by one replica for a cold
   start. This is what the operator gets by rendering ``maxSurge: 0, maxUnavailable: 1`` when
-  ``replicas * gpusPerReplica`` reaches the budget. No dip happens while a terminating pod
+  one more replica would exceed the budget. No dip happens while a terminating pod
   is about to free a GPU.
 * **Scale-down and drain.** A removed pod stops receiving requests at once (its endpoint
   goes), finishes what it holds, and releases its GPUs when the last request is done or
