@@ -100,8 +100,10 @@ def test_rollouts_surge_a_quarter_unless_the_gpu_budget_is_full() -> None:
 
     def rolling(replicas: int) -> dict[str, Any]:
         knobs = Knobs(replicas=replicas, max_num_seqs=96, max_batched_tokens=4096)
-        update: dict[str, Any] = render_children(service, knobs)[0]["spec"]["strategy"]
-        return update["rollingUpdate"]
+        deployment = render_children(service, knobs)[0]
+        assert_valid_kubernetes(deployment)
+        update: dict[str, Any] = deployment["spec"]["strategy"]["rollingUpdate"]
+        return update
 
     assert rolling(7) == {"maxUnavailable": 0, "maxSurge": "25%"}  # 28 GPUs: room for one more
     # 32 GPUs held: a surge pod would stay Pending and the rollout stall; replace in place.
