@@ -314,8 +314,9 @@ class SlotunePolicy:
             burn_model = burn_model.add(rate / mean_ready, snapshot.itl_over, beta, cfg.forgetting)
             mem["burn"] = burn_model.__dict__
         burn_trusted = burn_model.w >= cfg.min_burn_samples
-        # The step model: what a prefill token costs, measured whenever stalls break the ITL
-        # target and remembered after a smaller token budget has made them disappear.
+        # The step model: what a prefill token costs, measured from the steps that carry a
+        # chunk once prompts are chunked, else whenever stalls break the ITL target, and
+        # remembered after a smaller token budget has made them disappear.
         material = (snapshot.itl_over or 0.0) > 0.2 * (1 - spec.itl_percentile / 100)
         observed_steps = StepModel.from_chunked_steps(snapshot, current) or (
             StepModel.from_stalls(snapshot, current) if material else None
