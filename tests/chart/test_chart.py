@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 from slotune.api.crd import crd_yaml
 from slotune.api.resource import parse_llmservice
 from slotune.controller import telemetry
-from slotune.render.alerts import slo_alerts
+from slotune.render.alerts import slo_alerts, sped_up_burn_rates
 
 from helm_tools import (
     CHART,
@@ -402,10 +402,10 @@ def _annotations(tmp_path: Path, alertname: str, labels: dict[str, str]) -> dict
     return annotations
 
 
-def _dashboard_series() -> set[str]:
+def _dashboard_series(speedup: float) -> set[str]:
     """Series the dashboard may read: the SLO recording rules, the operator's own metrics."""
     example = yaml.safe_load((ROOT / "examples" / "llama-3-8b-h100.yaml").read_text())
-    groups = slo_alerts(parse_llmservice(example)).rule_groups
+    groups = slo_alerts(parse_llmservice(example), sped_up_burn_rates(speedup)).rule_groups
     names = {r["record"] for g in groups for r in g["rules"] if "record" in r}
     assert telemetry.SERVICES  # registers the operator's metrics in the default registry
     for family in REGISTRY.collect():
@@ -418,11 +418,13 @@ def _dashboard_series() -> set[str]:
     return names | {"ALERTS"}
 
 
-def test_the_dashboard_reads_only_series_that_exist() -> None:
+# 60: the alert speedup of the e2e tests; the demo's tiers are sped up too.
+@pytest.mark.parametrize("speedup", [1.0, 60.0])
+def test_the_dashboard_reads_only_series_that_exist(speedup: float) -> None:
     configmap = one(template(), "ConfigMap")
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     dashboard = json.loads(configmap["data"]["slotune.json"])
-    known = _dashboard_series()
+    known = _dashboard_series(speedup)
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     assert len(exprs) >= 12
     used = set()

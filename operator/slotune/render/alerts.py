@@ -317,8 +317,14 @@ def alert_name(objective: Objective) -> str:
     return f"{ALERT_PREFIX}{_TITLES[objective]}BudgetBurn"
 
 
+# The Grafana dashboard (charts/slotune/files/dashboard.json) plots the over-target ratios at
+# these spans whatever the alert tiers are: sped-up tiers (tests, the demo) use other windows,
+# and without these the dashboard's panels would read series nobody records.
+DASHBOARD_WINDOWS = ("5m", "1h")
+
+
 def _windows(burn_rates: Sequence[BurnRateAlert]) -> list[str]:
-    seen: dict[str, None] = {}
+    seen: dict[str, None] = dict.fromkeys(DASHBOARD_WINDOWS)
     for tier in burn_rates:
         seen[tier.short_window] = None
         seen[tier.long_window] = None
