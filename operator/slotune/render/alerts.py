@@ -318,7 +318,7 @@ def alert_name(objective: Objective) -> str:
 
 
 # The Grafana dashboard (charts/slotune/files/dashboard.json) plots the over-target ratios at
-# these spans whatever the alert tiers are: sped-up tiers (tests, the demo) use other windows,
+# these spans whatever the alert tiers are: sped-up tiers (`--alert-speedup`) use other windows,
 # and without these the dashboard's panels would read series nobody records.
 DASHBOARD_WINDOWS = ("5m", "1h")
 
