@@ -10,7 +10,8 @@ bench/RESULTS.md. Usage:
 `--quick` keeps the two 1-hour synthetic scenarios only (a few minutes on 2 cores); the full
 set adds the Azure conversation and code traces scaled x20 and the Mooncake trace. `--sweep`
 instead runs each baseline over its main setting (HPA utilisation target, KPA concurrency
-target, static replica count) on the quick scenarios, to draw its GPU-hours vs attainment curve.
+target, static replica count as shares of slotune's peak) on the quick scenarios, or on those
+`--scenarios` names, to draw its GPU-hours vs attainment curve.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 SLO_CLASSES = {"standard": ("2s", "60ms"), "interactive": ("500ms", "25ms")}
 QUICK = {
@@ -40,8 +42,10 @@ MODEL = "llama-3-8b-h100"  # the default profile; --model changes it
 SWEEPS = {
     "hpa": ("target", ("0.2", "0.3", "0.4", "0.5", "0.7", "0.9")),
     "kpa": ("target", ("5", "10", "20", "40", "70")),
-    "static": ("replicas", ("2", "3", "4", "5", "6")),
 }
+# Static counts scale with the scenario: these shares of slotune's own peak replica count
+# (on the quick 8B scenarios, peak 5: 2..6 replicas).
+STATIC_SHARES = (0.4, 0.6, 0.8, 1.0, 1.2)
 COLUMNS = (
     "gpu_hours",
     "ratio_to_oracle",
@@ -114,29 +118,33 @@ def sweep(name: str, args: list[str], slo: str, out: Path, model: str) -> tuple[
     """Each baseline setting on its own run; slotune's default next to them. Returns the
     table and the summary row."""
     ttft, itl = SLO_CLASSES[slo]
-    rows = ["| policy | setting | GPU-h | windows ok | goodput |", "|---|---|---|---|---|"]
-    results: list[tuple[str, str, float, float]] = []
-    runs = [("slotune", "", "default")] + [
-        (policy, f"{policy}.{field}={value}", f"{field}={value}")
-        for policy, (field, values) in SWEEPS.items()
-        for value in values
-    ]
-    for policy, option, label in runs:
+
+    def one(policy: str, field: str = "", value: str = "") -> dict[str, Any]:
+        label = f"{field}={value}" if field else "default"
         path = out / f"sweep-{name}-{slo}-{policy}-{label}.json"
         command = [
             sys.executable, "-m", "slotune.cli", "sim", *args, "--slo-ttft", ttft,
             "--slo-itl", itl, "--model", model, "--policies", policy, "--no-progress",
             "--json", str(path),
         ]  # fmt: skip
-        if option:
-            command += ["--policy-option", option]
+        if field:
+            command += ["--policy-option", f"{policy}.{field}={value}"]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-        numbers = json.loads(path.read_text())["policies"][policy]
-        results.append((policy, label, numbers["gpu_hours"], numbers["window_attainment"]))
-        rows.append(
-            f"| {policy} | {label} | {numbers['gpu_hours']:.3g} | "
-            f"{100 * numbers['window_attainment']:.1f}% | {100 * numbers['request_goodput']:.1f}% |"
-        )
+        numbers: dict[str, Any] = json.loads(path.read_text())["policies"][policy]
+        return {"policy": policy, "label": label, **numbers}
+
+    runs = [one("slotune")]
+    peak = int(runs[0]["max_replicas"])
+    static_counts = sorted({max(1, round(share * peak)) for share in STATIC_SHARES})
+    settings = [*SWEEPS.items(), ("static", ("replicas", tuple(map(str, static_counts))))]
+    runs += [one(policy, field, value) for policy, (field, values) in settings for value in values]
+    rows = ["| policy | setting | GPU-h | windows ok | goodput |", "|---|---|---|---|---|"]
+    rows += [
+        f"| {r['policy']} | {r['label']} | {r['gpu_hours']:.3g} | "
+        f"{100 * r['window_attainment']:.1f}% | {100 * r['request_goodput']:.1f}% |"
+        for r in runs
+    ]
+    results = [(r["policy"], r["label"], r["gpu_hours"], r["window_attainment"]) for r in runs]
     table = f"#### sweep: {name}, {slo}\n\n" + "\n".join(rows) + "\n"
     return table, f"| {name}, {slo} " + cheapest_match(results)
 
