@@ -7,7 +7,9 @@ Bounds stated by these tests (the policy's own timing: 10 s tuning cycles, 1-min
   operator reads (1-minute window) is back under its 500 ms target within 150 s of the surge's
   start;
 * after the surge, replicas come down from the peak within 120 s of its end;
-* a batch-flag change rolls every pod within 60 s, and every emulator then runs the new flags;
+* a batch-flag change rolls all 5 pods within 60 s, 2 at a time (the rendered `maxSurge: 25%`
+  as the real Deployment controller applies it, which the simulator and the policy assume),
+  never with fewer than 5 Ready, and every emulator then runs the new flags;
 * with Prometheus down, MetricsAvailable turns False (PrometheusError) within 30 s and nothing
   changes; 30 s after it is back, metrics are found and tuning decides again.
 """
@@ -15,8 +17,11 @@ Bounds stated by these tests (the policy's own timing: 10 s tuning cycles, 1-min
 from __future__ import annotations
 
 import json
+import math
 import time
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -33,8 +38,9 @@ from slotune.api.resource import parse_llmservice
 from slotune.metrics.collector import MetricsCollector
 from slotune.metrics.queries import query_set
 from slotune.metrics.snapshot import quantile, to_snapshot
-from slotune.policy.types import PolicySpec
+from slotune.policy.types import ROLLING_UPDATE_MAX_SURGE, PolicySpec
 from slotune.render.engines import ADAPTERS
+from slotune.render.render import LLMSERVICE_LABEL
 from slotune.sandbox.loadgen import Phase, Scenario, steps
 from slotune.sandbox.sandbox import Sandbox
 
@@ -45,6 +51,7 @@ SURGE_REACTION_S = 60
 TTFT_RECOVERY_S = 150
 SCALE_DOWN_S = 120
 ROLLOUT_S = 60
+ROLLOUT_REPLICAS = 5  # a 25% surge of 5 is 2 pods: the rollout takes 3 rounds on 7 of 8 GPUs
 
 
 def _backends(sandbox: Sandbox, service: Service) -> list[dict[str, Any]]:
@@ -205,16 +212,16 @@ def test_batch_flag_change_rolls_pods_and_emulators_run_the_new_flags(
 ) -> None:
     manifest = service_manifest(
         "rollout",
-        scaling={"minReplicas": 2, "maxReplicas": 2},
+        scaling={"minReplicas": ROLLOUT_REPLICAS, "maxReplicas": ROLLOUT_REPLICAS},
         tuning={"mode": "off"},
         batching={"maxNumSeqs": {"initial": 64, "min": 8, "max": 256}},
     )
     service = Service(k8s, manifest)
     try:
         eventually(
-            lambda: [b for b in _backends(sandbox, service) if b["ready"]].__len__() == 2,
+            lambda: len([b for b in _backends(sandbox, service) if b["ready"]]) == ROLLOUT_REPLICAS,
             60,
-            "two Ready emulators",
+            f"{ROLLOUT_REPLICAS} Ready emulators",
         )
         old = {b["pod"]: b for b in _backends(sandbox, service)}
         assert {_emulator_config(b["url"])["max_num_seqs"] for b in old.values()} == {64}
@@ -228,12 +235,19 @@ def test_batch_flag_change_rolls_pods_and_emulators_run_the_new_flags(
         def rolled() -> bool:
             backends = _backends(sandbox, service)
             return (
-                len(backends) == 2
+                len(backends) == ROLLOUT_REPLICAS
                 and all(b["ready"] for b in backends)
                 and not set(old) & {b["pod"] for b in backends}
             )
 
-        eventually(rolled, ROLLOUT_S, "every pod replaced and Ready")
+        shape = _watch_rollout(service, set(old), rolled, ROLLOUT_S)
+        # The real Deployment controller rolls the rendered `maxSurge: 25%` the way the
+        # simulator and the policy assume (`rollout_rounds`): a quarter of the fleet (rounded
+        # up) starting at a time, never fewer Ready pods than replicas.
+        surge = math.ceil(ROLLING_UPDATE_MAX_SURGE * ROLLOUT_REPLICAS)
+        assert shape.most_pods == ROLLOUT_REPLICAS + surge, shape
+        assert shape.most_starting == surge, shape
+        assert shape.fewest_ready >= ROLLOUT_REPLICAS, shape
         deployment = service.deployment()
         assert deployment.metadata.annotations["deployment.kubernetes.io/revision"] != old_revision
         for backend in _backends(sandbox, service):
@@ -265,6 +279,39 @@ def test_batch_flag_change_rolls_pods_and_emulators_run_the_new_flags(
         )
     finally:
         service.delete()
+
+
+@dataclass
+class RolloutShape:
+    """What a rollout looked like from pod lists sampled every few hundred milliseconds."""
+
+    most_pods: int = 0  # pods not being deleted, old and new
+    most_starting: int = 0  # new pods not Ready yet
+    fewest_ready: int = 1 << 30  # Ready pods not being deleted
+
+
+def _watch_rollout(
+    service: Service, old_pods: set[str], done: Callable[[], bool], timeout: float
+) -> RolloutShape:
+    shape = RolloutShape()
+    selector = f"{LLMSERVICE_LABEL}={service.name}"
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"rollout not done after {timeout:.0f}s: {shape}"
+        pods = service.core.list_namespaced_pod(service.namespace, label_selector=selector).items
+        live = [p for p in pods if p.metadata.deletion_timestamp is None]
+        ready = [p for p in live if _pod_ready(p)]
+        starting = [p for p in live if p.metadata.name not in old_pods and not _pod_ready(p)]
+        shape.most_pods = max(shape.most_pods, len(live))
+        shape.most_starting = max(shape.most_starting, len(starting))
+        shape.fewest_ready = min(shape.fewest_ready, len(ready))
+        time.sleep(0.2)
+    return shape
+
+
+def _pod_ready(pod: Any) -> bool:
+    conditions = pod.status.conditions or []
+    return any(c.type == "Ready" and c.status == "True" for c in conditions)
 
 
 def _pid_alive(pid: int) -> bool:
