@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import subprocess
 import sys
@@ -43,9 +44,10 @@ SWEEPS = {
     "hpa": ("target", ("0.2", "0.3", "0.4", "0.5", "0.7", "0.9")),
     "kpa": ("target", ("5", "10", "20", "40", "70")),
 }
-# Static counts scale with the scenario: these shares of slotune's own peak replica count
-# (on the quick 8B scenarios, peak 5: 2..6 replicas).
-STATIC_SHARES = (0.4, 0.6, 0.8, 1.0, 1.2)
+# Static counts scale with the scenario: from 40% to 120% of slotune's own peak replica count,
+# every count up to 8 of them, else evenly spaced (quick 8B scenarios, peak 5: 2..6 replicas).
+STATIC_RANGE = (0.4, 1.2)
+STATIC_COUNTS = 8
 COLUMNS = (
     "gpu_hours",
     "ratio_to_oracle",
@@ -135,7 +137,8 @@ def sweep(name: str, args: list[str], slo: str, out: Path, model: str) -> tuple[
 
     runs = [one("slotune")]
     peak = int(runs[0]["max_replicas"])
-    static_counts = sorted({max(1, round(share * peak)) for share in STATIC_SHARES})
+    low, high = (max(1, round(share * peak)) for share in STATIC_RANGE)
+    static_counts = range(low, high + 1, max(1, math.ceil((high - low) / STATIC_COUNTS)))
     settings = [*SWEEPS.items(), ("static", ("replicas", tuple(map(str, static_counts))))]
     runs += [one(policy, field, value) for policy, (field, values) in settings for value in values]
     rows = ["| policy | setting | GPU-h | windows ok | goodput |", "|---|---|---|---|---|"]
