@@ -134,6 +134,36 @@ def test_over_provisioned_scales_down_only_after_stabilisation() -> None:
     assert decision.setting.replicas == 2  # at most half fewer per step (it needs 1)
 
 
+def quiet_with_a_request_waiting_now_and_then(ttft_while_waiting: float) -> list[int]:
+    """Six minutes of little load; every other tick a request waits and TTFT is as given.
+    Without one waiting, p95 TTFT is 350 ms: a big model's prefill, above 60% of target.
+    Returns the replicas decided at each tick."""
+    memory: dict[str, Any] = dict(SETTLED)
+    replicas = []
+    for tick in range(12):
+        now = 1000.0 + 30 * tick
+        waiting = float(tick % 2)
+        quiet = snap(
+            time_s=now,
+            running=20.0,
+            request_rate=2.0,
+            itl=0.012,
+            waiting=waiting,
+            ttft=ttft_while_waiting if waiting else 0.35,
+        )
+        decision = POLICY.decide(quiet, CURRENT, SPEC, memory, now)
+        memory = dict(decision.memory)
+        replicas.append(decision.setting.replicas)
+    return replicas
+
+
+def test_a_high_prefill_floor_does_not_hold_the_fleet() -> None:
+    # Counted from the floor it learnt while nothing waited, 360 ms is no burst: shrink.
+    assert min(quiet_with_a_request_waiting_now_and_then(0.36)) < CURRENT.replicas
+    # 450 ms is queueing on top of the floor: the burst may not be over, hold.
+    assert set(quiet_with_a_request_waiting_now_and_then(0.45)) == {CURRENT.replicas}
+
+
 def test_pending_replicas_are_capacity_limited() -> None:
     decision = POLICY.decide(
         snap(ttft=2.0, waiting=100, pending_replicas=1), CURRENT, SPEC, SETTLED, 1000.0

@@ -64,6 +64,8 @@ class SlotuneConfig:
     target_utilisation: float = 0.75  # demand per replica / batch limit when scaling up
     scale_down_utilisation: float = 0.6  # ... and the stricter bar for removing a replica
     ttft_scale_down_bar: float = 0.6  # observed TTFT must be under 60% of target to shrink
+    ttft_floor_drift: float = 0.02  # the TTFT floor follows a higher TTFT by 2% a cycle
+    ttft_floor_room: float = 0.3  # ... and a TTFT within 30% of the room above it may shrink
     max_step_up: float = 1.0  # at most double per decision (plus one)
     max_step_down: float = 0.5  # at most half fewer per decision
     prior_slope_ratio: float = 1 / 100  # b = a * ratio before the data says otherwise
@@ -451,14 +453,28 @@ class SlotunePolicy:
         itl_over = snapshot.itl_over
         burn_clear = itl_over is not None and itl_over < cfg.clear_burn * budget
         burn_known = burn_trusted or itl_over is None or burn_clear
+        # TTFT has a floor that no replica count lowers: a prompt's prefill. Only what is
+        # above it (queueing) says a burst is not over, so where that floor is high the bar
+        # counts from it. It is the lowest TTFT seen with this batch setting, followed
+        # upwards slowly (the prompt mix changes), and learnt only while no request waits
+        # and TTFT meets its target: a queue's TTFT says nothing about prefill.
+        ttft_floor = mem.get("ttftFloor")
+        calm = ttft is not None and ttft <= spec.ttft_target_s and not snapshot.waiting
+        if calm and ttft is not None:
+            drift = cfg.ttft_floor_drift
+            ttft_floor = (
+                ttft if ttft_floor is None else min(ttft, ttft_floor + drift * (ttft - ttft_floor))
+            )
+            mem["ttftFloor"] = ttft_floor
+        ttft_floor = min(ttft_floor or 0.0, spec.ttft_target_s)
+        ttft_bar = max(
+            cfg.ttft_scale_down_bar * spec.ttft_target_s,
+            ttft_floor + cfg.ttft_floor_room * (spec.ttft_target_s - ttft_floor),
+        )
         safe_to_shrink = (
             not queued
             and burn_known
-            and (
-                ttft is None
-                or ttft < cfg.ttft_scale_down_bar * spec.ttft_target_s
-                or (snapshot.waiting or 0.0) == 0.0
-            )
+            and (ttft is None or ttft < ttft_bar or (snapshot.waiting or 0.0) == 0.0)
         )
         recommendation = max(needed_down, floor) if safe_to_shrink else current.replicas
         down_target = max([h[1] for h in history] + [recommendation])
@@ -564,6 +580,7 @@ class SlotunePolicy:
             mem["lastRetune"] = now_s
             mem["rolloutEnd"] = now_s + rollout_rounds(max(target, current.replicas)) * cfg.lead_s
             mem.pop("burn", None)  # the budget model describes one batch setting
+            mem.pop("ttftFloor", None)  # ... and so does the prefill time
         if tokens != current.max_batched_tokens:
             # Shorter stalls change ITL at every batch size: learn the line again too.
             mem.pop("fit", None)
