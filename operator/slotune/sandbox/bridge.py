@@ -37,9 +37,9 @@ import aiohttp
 from aiohttp import web
 
 from slotune.emulator.cli import add_arguments
+from slotune.render.render import LLMSERVICE_LABEL
 from slotune.sandbox import processes
 from slotune.sandbox.pods import (
-    LLMSERVICE_LABEL,
     PodView,
     emulator_flags,
     model_profile,

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from slotune.render.render import LLMSERVICE_LABEL  # the label the operator puts on its pods
 from slotune.sandbox.kwok import GPU_PRODUCT_LABEL, READY_DELAY_ANNOTATION
 
-LLMSERVICE_LABEL = "slotune.dev/llmservice"
 PROFILE_ANNOTATION = "sandbox.slotune.dev/model-profile"
 SERVER_CONTAINER = "server"
 
