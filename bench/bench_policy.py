@@ -5,7 +5,7 @@ each, nothing tuned per scenario) and prints one markdown table per run, ready f
 bench/RESULTS.md. Usage:
 
     .venv/bin/python bench/bench_policy.py [--quick | --sweep] [--model PROFILE]
-        [--scenarios a,b] [--out DIR]
+        [--scenarios a,b] [--slo standard|interactive] [--out DIR]
 
 `--quick` keeps the two 1-hour synthetic scenarios only (a few minutes on 2 cores); the full
 set adds the Azure conversation and code traces scaled x20 and the Mooncake trace. `--sweep`
@@ -161,6 +161,7 @@ def main() -> int:
     parser.add_argument(
         "--scenarios", help="comma-separated subset of the scenarios (default: all of the set)"
     )
+    parser.add_argument("--slo", choices=list(SLO_CLASSES), help="one SLO class (default: both)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"command: {' '.join(sys.argv)}")
@@ -178,7 +179,7 @@ def main() -> int:
         "| slotune against it |",
         "|---|---|---|---|",
     ]
-    for slo in SLO_CLASSES:
+    for slo in [args.slo] if args.slo else SLO_CLASSES:
         for name, scenario in chosen.items():
             if args.sweep:
                 table, row = sweep(name, scenario, slo, args.out, args.model)
