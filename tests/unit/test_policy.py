@@ -164,6 +164,27 @@ def test_a_high_prefill_floor_does_not_hold_the_fleet() -> None:
     assert set(quiet_with_a_request_waiting_now_and_then(0.45)) == {CURRENT.replicas}
 
 
+def test_a_queue_does_not_teach_the_prefill_floor() -> None:
+    # Twenty minutes of a queue at 490 ms p95 TTFT after a 200 ms floor: that is queueing, not
+    # prefill. Had the floor followed it (to ~360 ms), a 390 ms TTFT with a request waiting
+    # would pass for calm and the fleet would halve.
+    memory: dict[str, Any] = SETTLED | {"ttftFloor": 0.2}
+    quiet = snap(running=20.0, request_rate=2.0, itl=0.012)
+    now = 1000.0
+    for _ in range(40):
+        queued = replace(quiet, time_s=now, waiting=5.0, ttft=0.49)
+        memory = dict(POLICY.decide(queued, CURRENT, SPEC, memory, now).memory)
+        now += 30
+    replicas = []
+    for tick in range(14):
+        later = replace(quiet, time_s=now, waiting=float(tick % 2), ttft=0.39)
+        decision = POLICY.decide(later, CURRENT, SPEC, memory, now)
+        memory = dict(decision.memory)
+        replicas.append(decision.setting.replicas)
+        now += 30
+    assert set(replicas) == {CURRENT.replicas}
+
+
 def test_pending_replicas_are_capacity_limited() -> None:
     decision = POLICY.decide(
         snap(ttft=2.0, waiting=100, pending_replicas=1), CURRENT, SPEC, SETTLED, 1000.0
