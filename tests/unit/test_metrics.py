@@ -44,6 +44,8 @@ class FakePrometheus:
                 series("b", "y", 1, le="0.5"),
                 series("b", "y", 1, le="+Inf"),
             ]
+        if "[60s]" in query:  # the last minute's request rate
+            return [series("a", "x", 4.5)]
         if "timestamp(" in query:
             return [series("a", "x", 990.0), series("b", "y", 900.0)]
         return [series("a", "x", 3.0), series("b", "y", 7.0)]
@@ -83,6 +85,7 @@ def test_snapshot_quantiles_freshness_and_missing_is_none() -> None:
     grouped = group_by_service(results)
     snap = to_snapshot(grouped[("a", "x")], SPEC, ready_replicas=2, pending_replicas=0, now_s=1000)
     assert snap is not None and snap.age_s == 10 and snap.request_rate == 3.0
+    assert snap.recent_request_rate == 4.5
     # 95% of 10 = 9.5 lies in (0.5, +Inf]: histogram_quantile answers the highest finite bound.
     assert snap.ttft == 0.5
     # 10 observations, 5 above 0.1, 1 above 0.5; 500 ms lies on a bound, 25 ms inside (0, 0.1].
@@ -92,4 +95,6 @@ def test_snapshot_quantiles_freshness_and_missing_is_none() -> None:
     # ranks the policy derives).
     assert snap.itl_buckets == ((0.1, 5.0), (0.5, 9.0), (math.inf, 10.0))
     assert to_snapshot(None, SPEC, 1, 0, 1000) is None
+    other = to_snapshot(grouped[("b", "y")], SPEC, ready_replicas=1, pending_replicas=0, now_s=1000)
+    assert other is not None and other.recent_request_rate is None  # absent, not zero
     assert quantile({0.1: 0.0, math.inf: 0.0}, 95) is None  # no traffic is not zero latency

@@ -350,6 +350,35 @@ def test_a_burst_is_not_extrapolated_like_a_ramp() -> None:
     assert final(POLICY).replicas < final(uncapped).replicas
 
 
+def test_a_step_already_taken_is_not_extrapolated_like_a_ramp() -> None:
+    # Learned at 16 req/s on 4 replicas; then the window's rate climbs 1.6 req/s every 30 s.
+    # After a step to 32 req/s it climbs for one window while the last minute's rate is at
+    # 32 from the start; extrapolated, the climb would add half the rate again. On a ramp
+    # the last minute leads the window by slope * (window - 1 min) / 2 and the forecast
+    # stays what it is without the short rate.
+    slope = 1.6 / 30
+
+    def peak(step: bool, recent_known: bool) -> int:
+        current, memory = Setting(4, 128, 8192), dict(SETTLED)
+        most = 0
+        for tick in range(34):
+            now = 1000.0 + 30 * tick
+            climb = max(tick - 19, 0)
+            rate = 16.0 + 1.6 * (min(climb, 10) if step else climb)
+            lead = slope * (SPEC.window_s - 60) / 2
+            recent = (32.0 if step else rate + lead) if climb else rate
+            observed = replace(
+                burn_snap(rate, 4, now), recent_request_rate=recent if recent_known else None
+            )
+            decision = POLICY.decide(observed, current, SPEC, memory, now)
+            memory = dict(decision.memory)
+            most = max(most, decision.setting.replicas)
+        return most
+
+    assert peak(step=True, recent_known=True) < peak(step=True, recent_known=False)
+    assert peak(step=False, recent_known=True) == peak(step=False, recent_known=False)
+
+
 def test_a_surge_window_does_not_teach_the_budget_model() -> None:
     memory: dict[str, Any] = dict(SETTLED)
     current = Setting(4, 128, 8192)

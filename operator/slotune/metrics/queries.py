@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from slotune.policy.types import RECENT_RATE_WINDOW_S
 from slotune.render.engines import MetricNames
 
 GROUP_LABELS = ("namespace", "llmservice")
@@ -19,6 +20,8 @@ _BY = ", ".join(GROUP_LABELS)
 HISTOGRAMS = ("ttft", "itl", "e2e")
 RATES = ("request_rate", "prompt_token_rate", "generation_token_rate")
 GAUGES = ("waiting", "running", "kv_cache_usage")
+RECENT_RATE = "recent_request_rate"
+RECENT_RANGE = f"{RECENT_RATE_WINDOW_S:.0f}s"
 FRESHNESS = "last_sample"
 
 
@@ -35,8 +38,8 @@ def query_set(engine: str, names: MetricNames, window: str) -> QuerySet:
     def bucket_rate(histogram: str) -> str:
         return f"sum by ({_BY}, le) (rate({histogram}_bucket[{window}]))"
 
-    def counter_rate(counter: str) -> str:
-        return f"sum by ({_BY}) (rate({counter}[{window}]))"
+    def counter_rate(counter: str, range_: str = window) -> str:
+        return f"sum by ({_BY}) (rate({counter}[{range_}]))"
 
     return QuerySet(
         engine,
@@ -47,6 +50,8 @@ def query_set(engine: str, names: MetricNames, window: str) -> QuerySet:
             "e2e": bucket_rate(names.e2e_histogram),
             # Finished requests per second: the count of the E2E histogram.
             "request_rate": counter_rate(f"{names.e2e_histogram}_count"),
+            # ... and over the last minute only, which tells a step from a ramp.
+            RECENT_RATE: counter_rate(f"{names.e2e_histogram}_count", RECENT_RANGE),
             "prompt_token_rate": counter_rate(names.prompt_tokens_counter),
             "generation_token_rate": counter_rate(names.generation_tokens_counter),
             "waiting": f"sum by ({_BY}) ({names.waiting_gauge})",

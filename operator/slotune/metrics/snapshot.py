@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from slotune.metrics.queries import FRESHNESS, GAUGES, HISTOGRAMS, RATES
+from slotune.metrics.queries import FRESHNESS, GAUGES, HISTOGRAMS, RATES, RECENT_RATE
 from slotune.policy.types import MetricsSnapshot, PolicySpec
 from slotune.sim.vllm_metrics import HistogramSnapshot
 
@@ -93,6 +93,7 @@ def to_snapshot(
         time_s=now_s,
         age_s=max(0.0, now_s - scalars[FRESHNESS]),
         request_rate=scalars.get(RATES[0]),
+        recent_request_rate=scalars.get(RECENT_RATE),
         prompt_token_rate=scalars.get(RATES[1]),
         generation_token_rate=scalars.get(RATES[2]),
         ttft=quantile(series.buckets.get("ttft"), spec.ttft_percentile),

@@ -44,6 +44,7 @@ from typing import Any
 
 from slotune.policy.models import BurnModel, ItlFit, StepModel
 from slotune.policy.types import (
+    RECENT_RATE_WINDOW_S,
     Decision,
     MetricsSnapshot,
     PolicySpec,
@@ -214,6 +215,24 @@ def _trend(
         return 0.0
     slope: float = sum((p[0] - mean_t) * (p[1] - mean_r) for p in points) / sxx
     return slope
+
+
+def _ramp_share(recent: float | None, rate: float, slope: float, window_s: float) -> float:
+    """How much of a surge's climb in the window's rate is a ramp still going on (1) rather
+    than a step already taken (0), from the last minute's rate.
+
+    A load ramping at `slope` keeps the last minute's rate above the window's by
+    slope * (window - minute) / 2. A step shows its whole jump in the last minute at once,
+    and that lead shrinks to nothing while the window's rate catches up over one window:
+    extrapolating that catching-up as a trend sized a 3x step's fleet for 4.5x. A last
+    minute below the window's rate is a lull between bursts, not the end of a step; bursty
+    loads come back, so the trend stands (on the Azure code trace dropping it loses
+    windows). Without the short rate, or with a window too short to tell them apart,
+    every climb counts as a ramp."""
+    if recent is None or slope <= 0 or window_s < 2 * RECENT_RATE_WINDOW_S or recent < rate:
+        return 1.0
+    expected_lead = slope * (window_s - RECENT_RATE_WINDOW_S) / 2
+    return min(1.0, (recent - rate) / expected_lead)
 
 
 def _fewest(concurrency: Callable[[int], float], limit: float, ceiling: int) -> int:
@@ -388,6 +407,14 @@ class SlotunePolicy:
             # A ramp, not a burst: a minute's burst steepens the window's rate for a while,
             # and extrapolating it five minutes would size for load that never comes.
             growth = max(0.0, slope) * (spec.window_s / 2 + cfg.lead_s)
+            # In and for a window after a surge (the window's rate moving by half across
+            # it), ask the last minute's rate whether the climb is still going on. Outside
+            # surges the trend stays as it is: on noisy loads its small positive part is
+            # headroom that windows depend on.
+            if slope * spec.window_s > cfg.max_load_change * rate:
+                mem["surgeAt"] = now_s
+            if now_s - float(mem.get("surgeAt", -math.inf)) < spec.window_s:
+                growth *= _ramp_share(snapshot.recent_request_rate, rate, slope, spec.window_s)
             forecast += min(growth, cfg.max_trend_growth * rate)
         concurrency = _concurrency_model(snapshot, line, forecast)
         needed_up = _fewest(concurrency, cfg.target_utilisation * per_replica_cap, ceiling)

@@ -39,6 +39,10 @@ Action = Literal["ScaleUp", "ScaleDown", "Retune", "ScaleAndRetune", "Hold"]
 ROLLING_UPDATE_MAX_SURGE = 0.25
 
 
+RECENT_RATE_WINDOW_S = 60.0
+"""The short range of `MetricsSnapshot.recent_request_rate` (PromQL `[1m]`)."""
+
+
 def rollout_rounds(replicas: int) -> int:
     """Cold starts, one after another, that a rolling restart of `replicas` pods takes."""
     surge = max(1, math.ceil(ROLLING_UPDATE_MAX_SURGE * replicas))
@@ -106,6 +110,10 @@ class MetricsSnapshot:
     # The ITL histogram itself, summed over servers: (upper bound, cumulative rate) pairs
     # ending with +inf, for quantiles at ranks the policy derives; empty where not known.
     itl_buckets: tuple[tuple[float, float], ...] = ()
+    # Finished requests per second over the last RECENT_RATE_WINDOW_S only: the window's rate
+    # lags a change by half a window, this one by half a minute, so together they tell a
+    # ramp (still climbing) from a step that has already happened. None where not known.
+    recent_request_rate: float | None = None
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from slotune.policy.types import MetricsSnapshot, PodMetrics, PolicySpec
+from slotune.policy.types import RECENT_RATE_WINDOW_S, MetricsSnapshot, PodMetrics, PolicySpec
 from slotune.sim.cluster import Cluster, Pod
 from slotune.sim.vllm_metrics import (
     E2E_REQUEST_LATENCY,
@@ -269,6 +269,27 @@ class PrometheusView:
                 if b != a:
                     rates[k] += extrapolated_rate(first.t, a, last.t, b, n, now, window)
 
+        # The same rate() over the last minute only, for the policy to tell a step from a ramp.
+        recent_start = now - RECENT_RATE_WINDOW_S
+        recent_rate: float | None = None
+        for series in self._series.values():
+            recent = [s for s in series.samples if recent_start < s.t <= now]
+            if len(recent) < 2:
+                continue
+            recent_rate = (recent_rate or 0.0) + (
+                extrapolated_rate(
+                    recent[0].t,
+                    recent[0].requests,
+                    recent[-1].t,
+                    recent[-1].requests,
+                    len(recent),
+                    now,
+                    RECENT_RATE_WINDOW_S,
+                )
+                if recent[-1].requests != recent[0].requests
+                else 0.0
+            )
+
         def quantile(h: int, percentile: float) -> float | None:
             if not have_rate:
                 return None
@@ -310,6 +331,7 @@ class PrometheusView:
             time_s=now,
             age_s=max(0.0, now - newest),
             request_rate=rates[0] if have_rate else None,
+            recent_request_rate=recent_rate,
             prompt_token_rate=rates[1] if have_rate else None,
             generation_token_rate=rates[2] if have_rate else None,
             ttft=quantile(0, spec.ttft_percentile),

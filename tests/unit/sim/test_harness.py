@@ -187,6 +187,14 @@ def test_the_snapshot_is_what_the_histograms_say() -> None:
     # Samples at 315..600 s in the range (300.5, 600.5]: 285 s sampled, extrapolated by
     # 14.5 s toward the start and 0.5 s toward the end, to the whole 300 s.
     assert snap.request_rate == pytest.approx(finished * (285 + 14.5 + 0.5) / 285 / 300)
+    # The last minute: samples at 555..600 s in (540.5, 600.5], extrapolated by 14.5 s
+    # toward the start (under 1.1 intervals) and 0.5 s toward the end.
+    recent_first = copies.at[555.0]
+    recent = sum(
+        last[p]["h"][E2E_REQUEST_LATENCY].count - recent_first[p]["h"][E2E_REQUEST_LATENCY].count
+        for p in pods
+    )
+    assert snap.recent_request_rate == pytest.approx(recent * (45 + 14.5 + 0.5) / 45 / 60)
     prompt = sum(last[p]["tokens"] - first[p]["tokens"] for p in pods)
     assert snap.prompt_token_rate == pytest.approx(prompt / 285)
     assert snap.running == sum(last[p]["gauges"][0] for p in pods)
