@@ -379,6 +379,31 @@ def test_a_step_already_taken_is_not_extrapolated_like_a_ramp() -> None:
     assert peak(step=False, recent_known=True) == peak(step=False, recent_known=False)
 
 
+def test_a_fall_the_last_minute_confirms_is_followed_sooner() -> None:
+    # 32 req/s on 8 replicas, then the window's rate falls 0.4 req/s every 30 s. Where the
+    # last minute's rate is as far below the window's as such a fall puts it, the fleet
+    # follows the load down sooner; a last minute at the window's rate (a fall not yet
+    # confirmed) changes nothing against not knowing it.
+    slope = -0.4 / 30
+
+    def replica_ticks(recent_gap: float | None) -> int:
+        current, memory = Setting(8, 128, 8192), dict(SETTLED)
+        total = 0
+        for tick in range(70):
+            now = 1000.0 + 30 * tick
+            rate = 32.0 - 0.4 * max(tick - 20, 0)
+            recent = None if recent_gap is None else rate - (recent_gap if tick > 20 else 0)
+            observed = replace(burn_snap(rate, current.replicas, now), recent_request_rate=recent)
+            decision = POLICY.decide(observed, current, SPEC, memory, now)
+            current, memory = decision.setting, dict(decision.memory)
+            total += current.replicas
+        return total
+
+    confirmed = -slope * (SPEC.window_s - 60) / 2
+    assert replica_ticks(confirmed) < replica_ticks(None)
+    assert replica_ticks(0.0) == replica_ticks(None)
+
+
 def test_a_surge_window_does_not_teach_the_budget_model() -> None:
     memory: dict[str, Any] = dict(SETTLED)
     current = Setting(4, 128, 8192)

@@ -21,7 +21,8 @@ The idea, in four steps each cycle:
    learned from every window, so this holds for models and GPUs no profile describes, and it
    still says how much room is left while the quantile is comfortably under target, which is
    what lets the policy scale before a violation instead of after it. Load is forecast one
-   cold start ahead from the trend of the request rate. Scale up at once (bounded step) on a
+   cold start ahead from the trend of the window's request rate; the last minute's rate says
+   whether a climb is a ramp or a step already taken, and how far a fall has already gone. Scale up at once (bounded step) on a
    predicted or observed violation; scale down only when the smaller count has kept being
    enough for the whole stabilisation window, one bounded step at a time.
 4. Choose the token budget (max-num-batched-tokens): a step carrying a prefill chunk stalls
@@ -235,6 +236,21 @@ def _ramp_share(recent: float | None, rate: float, slope: float, window_s: float
     return min(1.0, (recent - rate) / expected_lead)
 
 
+def _fall_below_window(recent: float | None, rate: float, slope: float, window_s: float) -> float:
+    """How far a falling load already is below the window's rate (requests/s, >= 0).
+
+    A load falling at `slope` is slope * window / 2 under its window's average now, which is
+    what the window's rate lags by; the last minute's rate, below the window's by
+    slope * (window - minute) / 2 on such a fall, says how much of that has really happened.
+    Only that confirmed share counts, and only the lag: a fall is not extrapolated ahead (a
+    replica removed too early takes a cold start to come back). None without the short rate.
+    """
+    if recent is None or slope >= 0 or recent >= rate or window_s < 2 * RECENT_RATE_WINDOW_S:
+        return 0.0
+    expected_gap = -slope * (window_s - RECENT_RATE_WINDOW_S) / 2
+    return min(1.0, (rate - recent) / expected_gap) * -slope * window_s / 2
+
+
 def _fewest(concurrency: Callable[[int], float], limit: float, ceiling: int) -> int:
     """The fewest replicas (up to ceiling + 1, meaning "more than allowed") under `limit`."""
     for replicas in range(1, ceiling + 1):
@@ -416,6 +432,9 @@ class SlotunePolicy:
             if now_s - float(mem.get("surgeAt", -math.inf)) < spec.window_s:
                 growth *= _ramp_share(snapshot.recent_request_rate, rate, slope, spec.window_s)
             forecast += min(growth, cfg.max_trend_growth * rate)
+            # A falling load is below its window's rate already; the last minute says how far.
+            fall = _fall_below_window(snapshot.recent_request_rate, rate, slope, spec.window_s)
+            forecast -= min(fall, cfg.max_trend_growth * rate)
         concurrency = _concurrency_model(snapshot, line, forecast)
         needed_up = _fewest(concurrency, cfg.target_utilisation * per_replica_cap, ceiling)
         needed_down = _fewest(concurrency, cfg.scale_down_utilisation * per_replica_cap, ceiling)
