@@ -22,9 +22,10 @@ The idea, in four steps each cycle:
    still says how much room is left while the quantile is comfortably under target, which is
    what lets the policy scale before a violation instead of after it. Load is forecast one
    cold start ahead from the trend of the window's request rate; the last minute's rate says
-   whether a climb is a ramp or a step already taken, and how far a fall has already gone. Scale up at once (bounded step) on a
-   predicted or observed violation; scale down only when the smaller count has kept being
-   enough for the whole stabilisation window, one bounded step at a time.
+   whether a climb is a ramp or a step already taken, and how far a fall has already gone.
+   Scale up at once (bounded step) on a predicted or observed violation; scale down only
+   when the smaller count has kept being enough for the whole stabilisation window, one
+   bounded step at a time.
 4. Choose the token budget (max-num-batched-tokens): a step carrying a prefill chunk stalls
    the decodes beside it, so when those stalls are what sizes the fleet, shrink the chunk to
    the largest that fits beside a decode step within the ITL goal (Sarathi-Serve's rule). The
