@@ -132,6 +132,7 @@ def test_promql_templates_against_prometheus_scraping_emulators(sandbox: Sandbox
         )
         observed = eventually(lambda: service.status().get("observed"), 30, "status.observed")
         assert observed["requestRate"] > 0 and observed["ttft"] > 0
+        assert observed["recentRequestRate"] > 0
     finally:
         service.delete()
 

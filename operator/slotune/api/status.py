@@ -63,6 +63,13 @@ class Observed(ApiModel):
     itl: Seconds | None = Field(default=None, description="Inter-token latency (s).")
     e2e: Seconds | None = Field(default=None, description="End-to-end latency (s).")
     request_rate: Seconds | None = Field(default=None, description="Requests per second.")
+    recent_request_rate: Seconds | None = Field(
+        default=None,
+        description=(
+            "Requests per second over the last minute only: ahead of requestRate while the "
+            "load ramps up, level with it once a step has passed, below it while it falls."
+        ),
+    )
     prompt_token_rate: Seconds | None = Field(default=None, description="Prompt tokens/s.")
     generation_token_rate: Seconds | None = Field(
         default=None, description="Generated tokens per second."

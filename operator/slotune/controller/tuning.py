@@ -74,6 +74,7 @@ def observed_status(snapshot: MetricsSnapshot, now: datetime) -> dict[str, Any]:
         "itl": snapshot.itl,
         "e2e": snapshot.e2e,
         "requestRate": snapshot.request_rate,
+        "recentRequestRate": snapshot.recent_request_rate,
         "promptTokenRate": snapshot.prompt_token_rate,
         "generationTokenRate": snapshot.generation_token_rate,
         "queueDepth": snapshot.waiting,
