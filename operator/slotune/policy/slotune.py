@@ -244,7 +244,7 @@ def _fall_below_window(recent: float | None, rate: float, slope: float, window_s
     what the window's rate lags by; the last minute's rate, below the window's by
     slope * (window - minute) / 2 on such a fall, says how much of that has really happened.
     Only that confirmed share counts, and only the lag: a fall is not extrapolated ahead (a
-    replica removed too early takes a cold start to come back). None without the short rate.
+    replica removed too early takes a cold start to come back). Nothing without the short rate.
     """
     if recent is None or slope >= 0 or recent >= rate or window_s < 2 * RECENT_RATE_WINDOW_S:
         return 0.0

@@ -40,7 +40,7 @@ ROLLING_UPDATE_MAX_SURGE = 0.25
 
 
 RECENT_RATE_WINDOW_S = 60.0
-"""The short range of `MetricsSnapshot.recent_request_rate` (PromQL `[1m]`)."""
+"""The short range of `MetricsSnapshot.recent_request_rate` (PromQL `[60s]`)."""
 
 
 def rollout_rounds(replicas: int) -> int:
