@@ -128,13 +128,17 @@ class StepModel:
             return None
         if prompt_rate / rate <= budget or running < ready:
             return None
-        share = prompt_rate * running / (ready * budget * generated)
+        # The decodes take their tokens out of the budget first: a chunk is what is left.
+        chunk = budget - running / ready
+        if chunk <= 0:
+            return None
+        share = prompt_rate * running / (ready * chunk * generated)
         if not 0 < share < max_share:
             return None
         step = histogram_quantile(snapshot.itl_buckets, 1 - share / 2)
         if step is None or step <= decode:
             return None
-        return cls(decode, (step - decode) / budget)
+        return cls(decode, (step - decode) / chunk)
 
     def blend(self, other: StepModel, weight: float) -> StepModel:
         return StepModel(
@@ -146,9 +150,13 @@ class StepModel:
         """The most prefill tokens a step may carry and still end within `goal_s`."""
         return (goal_s - self.decode_s) / self.per_token_s
 
-    def prefill_capacity(self, tokens: int) -> float:
-        """Prompt tokens/s one replica can prefill when every step carries a full chunk."""
-        return tokens / (self.decode_s + self.per_token_s * tokens)
+    def prefill_capacity(self, tokens: int, decoding: float = 0.0) -> float:
+        """Prompt tokens/s one replica can prefill when every step is full: each decoding
+        request takes one token of the step's budget first, prefill gets the rest."""
+        chunk = tokens - decoding
+        if not chunk > 0:
+            return 0.0
+        return chunk / (self.decode_s + self.per_token_s * chunk)
 
 
 def histogram_quantile(buckets: tuple[tuple[float, float], ...], q: float) -> float | None:

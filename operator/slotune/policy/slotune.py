@@ -448,8 +448,14 @@ class SlotunePolicy:
             # carry whole prompts (several at a time) and the ITL burn says when it is full.
             if steps is None or prompt_share <= 0 or tokens >= prompt_share:
                 return 0
-            capacity = utilisation * steps.prefill_capacity(tokens)
-            return min(ceiling + 1, math.ceil(load * prompt_share / capacity))
+            # The decodes running on a replica take their tokens out of every step's budget
+            # first, so the fewer the replicas, the less of each step is left for prefill.
+            for replicas in range(1, ceiling + 1):
+                decoding = min(concurrency(replicas), float(current.max_num_seqs))
+                capacity = steps.prefill_capacity(tokens, decoding)
+                if load * prompt_share <= replicas * utilisation * capacity:
+                    return replicas
+            return ceiling + 1
 
         queue_needs = needed_up
         budget = 1 - spec.itl_percentile / 100
