@@ -5,13 +5,14 @@ each, nothing tuned per scenario) and prints one markdown table per run, ready f
 bench/RESULTS.md. Usage:
 
     .venv/bin/python bench/bench_policy.py [--quick | --sweep] [--model PROFILE]
-        [--scenarios a,b] [--slo standard|interactive] [--out DIR]
+        [--scenarios a,b] [--slo standard|interactive] [--seed N] [--out DIR]
 
 `--quick` keeps the two 1-hour synthetic scenarios only (a few minutes on 2 cores); the full
 set adds the Azure conversation and code traces scaled x20 and the Mooncake trace. `--sweep`
 instead runs each baseline over its main setting (HPA utilisation target, KPA concurrency
 target, static replica count as shares of slotune's peak) on the quick scenarios, or on those
-`--scenarios` names, to draw its GPU-hours vs attainment curve.
+`--scenarios` names, to draw its GPU-hours vs attainment curve. `--seed` draws another
+superimposition of the scaled Azure traces (and other synthetic arrivals): one seed is one draw.
 """
 
 from __future__ import annotations
@@ -58,12 +59,12 @@ COLUMNS = (
 )
 
 
-def run(name: str, args: list[str], slo: str, out: Path, model: str) -> str:
+def run(name: str, args: list[str], slo: str, out: Path, model: str, seed: int) -> str:
     ttft, itl = SLO_CLASSES[slo]
     path = out / f"{name}-{slo}.json"
     command = [
         sys.executable, "-m", "slotune.cli", "sim", *args, "--slo-ttft", ttft, "--slo-itl", itl,
-        "--model", model,
+        "--model", model, "--seed", str(seed),
         "--policies", POLICIES, "--no-progress", "--json", str(path),
     ]  # fmt: skip
     started = time.monotonic()
@@ -116,7 +117,9 @@ def cheapest_match(results: list[tuple[str, str, float, float]]) -> str:
     )
 
 
-def sweep(name: str, args: list[str], slo: str, out: Path, model: str) -> tuple[str, str]:
+def sweep(
+    name: str, args: list[str], slo: str, out: Path, model: str, seed: int
+) -> tuple[str, str]:
     """Each baseline setting on its own run; slotune's default next to them. Returns the
     table and the summary row."""
     ttft, itl = SLO_CLASSES[slo]
@@ -126,7 +129,8 @@ def sweep(name: str, args: list[str], slo: str, out: Path, model: str) -> tuple[
         path = out / f"sweep-{name}-{slo}-{policy}-{label}.json"
         command = [
             sys.executable, "-m", "slotune.cli", "sim", *args, "--slo-ttft", ttft,
-            "--slo-itl", itl, "--model", model, "--policies", policy, "--no-progress",
+            "--slo-itl", itl, "--model", model, "--seed", str(seed), "--policies", policy,
+            "--no-progress",
             "--json", str(path),
         ]  # fmt: skip
         if field:
@@ -162,11 +166,12 @@ def main() -> int:
         "--scenarios", help="comma-separated subset of the scenarios (default: all of the set)"
     )
     parser.add_argument("--slo", choices=list(SLO_CLASSES), help="one SLO class (default: both)")
+    parser.add_argument("--seed", type=int, default=0, help="the simulator's seed (default: 0)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"command: {' '.join(sys.argv)}")
     print(f"machine: {platform.node()} {platform.machine()}, python {platform.python_version()}")
-    print(f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, profile {args.model}\n")
+    print(f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, profile {args.model}, seed {args.seed}\n")
     chosen = QUICK if args.quick or args.sweep else FULL
     if args.scenarios:
         names = args.scenarios.split(",")
@@ -182,11 +187,11 @@ def main() -> int:
     for slo in [args.slo] if args.slo else SLO_CLASSES:
         for name, scenario in chosen.items():
             if args.sweep:
-                table, row = sweep(name, scenario, slo, args.out, args.model)
+                table, row = sweep(name, scenario, slo, args.out, args.model, args.seed)
                 print(table, flush=True)
                 summary.append(row)
             else:
-                print(run(name, scenario, slo, args.out, args.model), flush=True)
+                print(run(name, scenario, slo, args.out, args.model, args.seed), flush=True)
     if args.sweep:
         print("\n".join(summary))
     return 0
