@@ -148,6 +148,15 @@ class Service:
             GROUP, VERSION, self.namespace, PLURAL, self.name
         )
 
+    def gone(self) -> bool:
+        try:
+            self.get()
+        except ApiException as error:
+            if error.status == 404:
+                return True
+            raise
+        return False
+
 
 def flag(args: list[str], name: str) -> str | None:
     return next((a.split("=", 1)[1] for a in args if a.startswith(f"{name}=")), None)

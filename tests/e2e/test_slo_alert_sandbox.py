@@ -163,6 +163,8 @@ def test_load_above_the_slo_makes_the_page_pending_then_firing(sandbox: Sandbox,
         # Gone with its LLMService (garbage collection), and out of Prometheus.
         service.delete()
         deleted = True
+        # Deleted at once, also when a resync was running (Kopf's finalizer is released).
+        eventually(service.gone, 15, "the LLMService to be deleted")
         eventually(lambda: not written.exists(), 60, f"{written} removed")
         eventually(lambda: not rule_groups(), 30, "Prometheus to drop the rules")
     finally:

@@ -50,6 +50,13 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # Only warnings become Events automatically; transitions and decisions are posted explicitly.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
+    # The resync timer puts Kopf's finalizer on every LLMService, removed once the timer stops.
+    # A deletion that lands while a resync runs finds the timer busy; Kopf then looks again
+    # only after `cancellation_polling` (60 s by default), so the LLMService and everything it
+    # owns lingered a minute. Wait for the running resync instead (it takes well under a
+    # second), and look again soon if it is slower than that.
+    settings.background.instant_exit_timeout = 5.0
+    settings.background.cancellation_polling = 2.0
     memo.client = _client()
     memo.applier = Applier(memo.client)
     collector = MetricsCollector(on_query_error=telemetry.count_query_error)
