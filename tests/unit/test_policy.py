@@ -131,7 +131,7 @@ def test_over_provisioned_scales_down_only_after_stabilisation() -> None:
         decision = POLICY.decide(replace(quiet, time_s=t), CURRENT, SPEC, memory, float(t))
         memory = dict(decision.memory)
     assert decision.reason == "OverProvisioned"
-    assert decision.setting.replicas == 2  # at most half fewer per step (it needs 1)
+    assert decision.setting.replicas == 3  # at most a quarter fewer per step (it needs 1)
 
 
 def quiet_with_a_request_waiting_now_and_then(ttft_while_waiting: float) -> list[int]:

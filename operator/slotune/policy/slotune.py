@@ -70,7 +70,10 @@ class SlotuneConfig:
     ttft_floor_drift: float = 0.02  # the TTFT floor follows a higher TTFT by 2% a cycle
     ttft_floor_room: float = 0.3  # ... and a TTFT within 30% of the room above it may shrink
     max_step_up: float = 1.0  # at most double per decision (plus one)
-    max_step_down: float = 0.5  # at most half fewer per decision
+    # At most a quarter fewer per decision: in the standard class nothing but TTFT says how
+    # close a replica is to its prefill limit, and halving the fleet in a lull let the next
+    # burst queue (bench/RESULTS.md, session 8).
+    max_step_down: float = 0.25
     prior_slope_ratio: float = 1 / 100  # b = a * ratio before the data says otherwise
     prior_weight: float = 4.0  # pseudo-observations behind the prior
     forgetting: float = 0.97  # per observation
