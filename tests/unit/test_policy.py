@@ -333,6 +333,25 @@ def test_budget_model_scales_up_before_the_quantile_breaks() -> None:
     assert decision.reason == "ITLAboveTarget" and "budget" in decision.message
 
 
+def test_a_settled_window_over_budget_sizes_the_fleet_from_its_own_burn() -> None:
+    # Learned over ten minutes at 16 req/s on 4 replicas (burn 1.6% of the 5% budget); then,
+    # at the same load, the service burns 8% (say, longer outputs). The budget model takes
+    # that in as one window of twenty; the window itself says how many replicas keep the burn
+    # at 90% of the budget: 4 req/s per replica x (4.5% / 8%) ** (1 / 1.5) = 2.72 -> 6.
+    current, memory = Setting(4, 128, 8192), dict(SETTLED)
+    for step in range(20):
+        now = 1000.0 + 30 * step
+        decision = POLICY.decide(burn_snap(16.0, 4, now), current, SPEC, memory, now)
+        memory = dict(decision.memory)
+    assert decision.setting.replicas == 4
+    now = 1000.0 + 30 * 20
+    hot = burn_snap(16.0, 4, now, k=0.01)
+    assert hot.itl_over == pytest.approx(0.08)
+    decision = POLICY.decide(hot, current, SPEC, memory, now)
+    assert decision.reason == "ITLAboveTarget"
+    assert decision.setting.replicas == math.ceil(16.0 / (4.0 * (0.045 / 0.08) ** (1 / 1.5)))
+
+
 def test_a_burst_is_not_extrapolated_like_a_ramp() -> None:
     # Learned at 16 req/s on 4 replicas; then the window's rate jumps 16 -> 24 in a minute (a
     # burst entering the window). Extrapolated for five minutes that slope would triple the

@@ -344,15 +344,18 @@ class SlotunePolicy:
             abs(slope) * spec.window_s <= cfg.max_load_change * rate
             and now_s - float(mem.get("queuedAt", -math.inf)) >= spec.window_s
         )
-        if (
-            snapshot.itl_over is not None
-            and mean_ready
+        # The window's requests/s per replica, where its burn describes one operating point.
+        measured_load = (
+            rate / mean_ready
+            if mean_ready
             and rate > 0
             and settled_load
             and not retuned_in_window
             and window_tokens >= cfg.min_window_tokens
-        ):
-            burn_model = burn_model.add(rate / mean_ready, snapshot.itl_over, beta, cfg.forgetting)
+            else None
+        )
+        if measured_load is not None and snapshot.itl_over is not None:
+            burn_model = burn_model.add(measured_load, snapshot.itl_over, beta, cfg.forgetting)
             mem["burn"] = burn_model.__dict__
         burn_trusted = burn_model.w >= cfg.min_burn_samples
         # The step model: what a prefill token costs, measured from the steps that carry a
@@ -475,6 +478,15 @@ class SlotunePolicy:
             burn_needs = min(ceiling + 1, math.ceil(forecast / up_capacity))
             needed_up = max(needed_up, burn_needs)
             needed_down = max(needed_down, min(ceiling + 1, math.ceil(forecast / down_capacity)))
+        # A settled window that burns more than the whole budget is a capacity measured now:
+        # size from it directly. The budget model takes it in as one window among its
+        # (forgotten-weighted) thirty and would follow a slow ramp a replica a tick, and before
+        # it is trusted only a broken quantile adds a replica at all.
+        burn_now = snapshot.itl_over or 0.0
+        if measured_load is not None and burn_now > budget:
+            capacity_now = measured_load * (cfg.budget_use_up * budget / burn_now) ** (1 / beta)
+            burn_needs = max(burn_needs, min(ceiling + 1, math.ceil(forecast / capacity_now)))
+            needed_up = max(needed_up, burn_needs)
         ttft = snapshot.ttft
         reason: Reason = "Steady"
         message = "latencies within target"
