@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from slotune.api.resource import parse_spec
-from slotune.policy.models import BurnModel, StepModel, histogram_quantile
+from slotune.policy.models import BurnModel, BurnModels, StepModel, histogram_quantile
 from slotune.policy.slotune import SlotunePolicy
 from slotune.policy.types import MetricsSnapshot, PolicySpec, Setting, rollout_rounds
 
@@ -305,11 +305,13 @@ def test_a_limit_that_does_not_bind_is_left_alone() -> None:
 
 
 def burn_snap(rate: float, replicas: int, now: float, k: float = 0.002) -> MetricsSnapshot:
-    """A fleet whose ITL budget burn follows burn = k * (req/s per replica) ** 1.5."""
+    """A fleet whose ITL budget burn follows burn = k * (req/s per replica) ** 1.5, with
+    1,000-token prompts."""
     x = rate / replicas
     burn = k * x**1.5
     return snap(
-        time_s=now, request_rate=rate, generation_token_rate=rate * 200, running=4.0 * rate,
+        time_s=now, request_rate=rate, prompt_token_rate=rate * 1000,
+        generation_token_rate=rate * 200, running=4.0 * rate,
         ready_replicas=replicas, itl_over=burn, itl=0.012 if burn <= 0.05 else 0.03,
     )  # fmt: skip
 
@@ -429,7 +431,7 @@ def test_a_surge_window_does_not_teach_the_budget_model() -> None:
     for step in range(12):  # six minutes at 16 req/s: learns k from 1.6% burn at 4 req/s
         now = 1000.0 + 30 * step
         memory = dict(POLICY.decide(burn_snap(16.0, 4, now), current, SPEC, memory, now).memory)
-    learned = dict(memory["burn"])
+    learned = dict(memory["burnModels"])
     # The load triples within the window and a queue forms: a transient, not a capacity.
     for step in range(12, 16):
         now = 1000.0 + 30 * step
@@ -437,7 +439,7 @@ def test_a_surge_window_does_not_teach_the_budget_model() -> None:
             burn_snap(16.0 + 8 * (step - 11), 4, now), itl_over=0.3, itl=0.08, waiting=400.0
         )
         memory = dict(POLICY.decide(surge, current, SPEC, memory, now).memory)
-    assert memory["burn"] == learned
+    assert memory["burnModels"] == learned
 
 
 def stalled(now: float, **changes: Any) -> MetricsSnapshot:
@@ -558,3 +560,34 @@ def test_an_observed_violation_from_stalls_shrinks_the_token_budget_at_once() ->
     decision = POLICY.decide(stalled(1000.0, itl=0.04, itl_over=0.2), CURRENT, SPEC, {}, 1000.0)
     assert decision.setting.max_batched_tokens == 423
     assert decision.reason == "ITLAboveTarget" and "token budget" in decision.message
+
+
+def test_the_budget_model_takes_the_exponent_its_windows_agree_on() -> None:
+    for true_exponent in (1.5, 2.5):
+        models = BurnModels.from_memory(None, (1.5, 2.0, 2.5))
+        for x in (2000.0, 3000.0, 4000.0, 5000.0, 3500.0, 2500.0):
+            models = models.add(x, 1e-10 * x**true_exponent, forgetting=0.97)
+        exponent, model = models.best()
+        assert exponent == true_exponent
+        assert model.spread < 1e-6 * model.k
+    # Before any burn, the first exponent.
+    quiet = BurnModels.from_memory(None, (1.5, 2.0)).add(3000.0, 0.0, forgetting=0.97)
+    assert quiet.best()[0] == 1.5
+    assert BurnModels.from_memory(quiet.to_memory(), (1.5, 2.0)) == quiet
+
+
+def test_the_budget_model_sizes_for_the_prompt_tokens_not_the_requests() -> None:
+    # Learned over ten minutes at 16 req/s of 1,000-token prompts on 4 replicas (burn 1.6%
+    # of the 5% budget). The same request rate with prompts three times as long carries
+    # three times the prefill that stalls decodes: more replicas, before the burn shows it.
+    memory: dict[str, Any] = {**SETTLED, "burn": {"burn": 1.0, "load": 1.0, "w": 30.0}}
+    current = Setting(4, 128, 8192)
+    for step in range(20):
+        now = 1000.0 + 30 * step
+        memory = dict(POLICY.decide(burn_snap(16.0, 4, now), current, SPEC, memory, now).memory)
+    assert "burn" not in memory  # the requests/s-based model of earlier versions is dropped
+    now = 1600.0
+    same = POLICY.decide(burn_snap(16.0, 4, now), current, SPEC, memory, now)
+    longer = replace(burn_snap(16.0, 4, now), prompt_token_rate=16.0 * 3000)
+    assert same.setting.replicas == 4
+    assert POLICY.decide(longer, current, SPEC, memory, now).setting.replicas > 4

@@ -8,6 +8,7 @@ replica, and an engine step's time against the prefill tokens it carries.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from slotune.policy.types import MetricsSnapshot, Setting
@@ -81,11 +82,52 @@ class BurnModel:
         return math.sqrt(max(0.0, self.burn_sq / self.load - self.k**2))
 
     def capacity(self, budget: float, beta: float, z: float) -> float:
-        """Requests/s one replica takes before burning `budget`; inf before any burn."""
+        """The load one replica takes before burning `budget`; inf before any burn."""
         k = self.k + z * self.spread
         if k <= 0:
             return math.inf
         return float((budget / k) ** (1 / beta))
+
+
+@dataclass(frozen=True)
+class BurnModels:
+    """The budget model at a few exponents, learned side by side from the same windows.
+
+    How fast the burn grows with the load depends on how the stalls combine: one long prompt
+    stalls its step alone (burn ~ x), several short ones must land in the same step (burn ~
+    x^2), and a prompt mix that shifts between windows steepens it further. The exponent
+    that describes a service is the one under which its windows agree: the model with the
+    smallest spread of k relative to k sizes the fleet (measured: 1.5 on the synthetic
+    days, 2 on the 70B step, 2.5 on the Azure conversation trace; bench/RESULTS.md).
+    """
+
+    models: tuple[tuple[float, BurnModel], ...]
+
+    @classmethod
+    def from_memory(
+        cls, stored: Mapping[str, Mapping[str, float]] | None, exponents: Sequence[float]
+    ) -> BurnModels:
+        stored = stored or {}
+        return cls(tuple((e, BurnModel(**stored.get(f"{e:g}", {}))) for e in exponents))
+
+    def to_memory(self) -> dict[str, dict[str, float]]:
+        return {f"{e:g}": model.__dict__ for e, model in self.models}
+
+    def add(self, x: float, burn: float, forgetting: float) -> BurnModels:
+        return BurnModels(tuple((e, m.add(x, burn, e, forgetting)) for e, m in self.models))
+
+    @property
+    def w(self) -> float:
+        """Forgotten count of windows (the same for every exponent)."""
+        return self.models[0][1].w
+
+    def best(self) -> tuple[float, BurnModel]:
+        """(exponent, model) whose windows agree best; the first before any burn is seen."""
+        burning = [(m.spread / m.k, e, m) for e, m in self.models if m.k > 0]
+        if not burning:
+            return self.models[0]
+        _, exponent, model = min(burning, key=lambda item: item[0])
+        return exponent, model
 
 
 @dataclass(frozen=True)

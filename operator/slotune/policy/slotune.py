@@ -15,17 +15,19 @@ The idea, in four steps each cycle:
 3. Choose the fewest replicas that keep every replica below a utilisation of that batch limit
    (demand = running + waiting, Little's law) and within the ITL error budget, within min/max
    and the GPU budget. The budget model: the fraction of inter-token latencies over the target
-   (the SLO's burn, read from the histogram) grows with the requests per second each replica
-   takes, x, as burn = k * x^1.5 (each arrival's prefill stalls the decodes running beside it;
-   measured in the simulator, burn/x grows ~1.4-1.8x from 2 to 12 req/s per replica). k is
-   learned from every window, so this holds for models and GPUs no profile describes, and it
-   still says how much room is left while the quantile is comfortably under target, which is
-   what lets the policy scale before a violation instead of after it. Load is forecast one
-   cold start ahead from the trend of the window's request rate; the last minute's rate says
-   whether a climb is a ramp or a step already taken, and how far a fall has already gone.
-   Scale up at once (bounded step) on a predicted or observed violation; scale down only
-   when the smaller count has kept being enough for the whole stabilisation window, one
-   bounded step at a time.
+   (the SLO's burn, read from the histogram) grows with the prompt tokens per second each
+   replica takes, x, as burn = k * x^beta (each prefill stalls the decodes running beside it
+   for as long as its tokens take; measured in the simulator, burn/x grows ~1.4-1.8x from 2
+   to 12 req/s per replica at a fixed prompt mix, more where the mix shifts). k is learned
+   from every window at beta = 1.5, 2 and 2.5 side by side, and the exponent under which the
+   windows agree best sizes the fleet, so this holds for models, GPUs and traffic no profile
+   describes, and it still says how much room is left while the quantile is comfortably
+   under target, which is what lets the policy scale before a violation instead of after
+   it. Load is forecast one cold start ahead from the trend of the window's request rate;
+   the last minute's rate says whether a climb is a ramp or a step already taken, and how
+   far a fall has already gone. Scale up at once (bounded step) on a predicted or observed
+   violation; scale down only when the smaller count has kept being enough for the whole
+   stabilisation window, one bounded step at a time.
 4. Choose the token budget (max-num-batched-tokens): a step carrying a prefill chunk stalls
    the decodes beside it, so when those stalls are what sizes the fleet, shrink the chunk to
    the largest that fits beside a decode step within the ITL goal (Sarathi-Serve's rule). The
@@ -44,7 +46,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from slotune.policy.models import BurnModel, ItlFit, StepModel
+from slotune.policy.models import BurnModels, ItlFit, StepModel
 from slotune.policy.types import (
     RECENT_RATE_WINDOW_S,
     Decision,
@@ -82,7 +84,9 @@ class SlotuneConfig:
     min_observed_batch: float = 0.5  # below this the ITL samples say little about the slope
     min_fit_samples: float = 5.0  # (forgotten-weighted) observations before any retune
     binding_fraction: float = 0.8  # retune only when replicas run at >= 80% of the limit
-    burn_exponent: float = 1.5  # burn = k * (requests/s per replica) ** exponent
+    # burn = k * (prompt tokens/s per replica) ** exponent, at the exponent whose windows
+    # agree best; the first before any burn is seen.
+    burn_exponents: tuple[float, ...] = (1.5, 2.0, 2.5)
     budget_use_up: float = 0.9  # size replicas to burn at most 90% of the error budget
     budget_use_down: float = 0.75  # ... and remove one only if it stays under 75%
     burn_spread_z: float = 1.0  # plan for windows one standard deviation worse than the mean
@@ -312,11 +316,16 @@ class SlotunePolicy:
         anchor = mem.get("anchor")
         line = _with_prior(fit, anchor[0], anchor[1], cfg).line() if anchor else None
 
-        # 1b. Learn the ITL budget model: this window's burn at its requests/s per replica.
+        # 1b. Learn the ITL budget model: this window's burn at its prompt tokens/s per
+        # replica. (Its stalls grow with the tokens a step carries: on the Azure conversation
+        # trace, windows at the same requests/s per replica burned up to 8x apart as the
+        # prompt mix moved.)
         rate = snapshot.request_rate or 0.0
-        beta = cfg.burn_exponent
+        prompt_rate = snapshot.prompt_token_rate or 0.0
+        prompt_share = prompt_rate / rate if rate > 0 else 0.0  # the mean prompt
         mean_ready = _window_mean_ready(mem, now_s, ready, spec)
-        burn_model = BurnModel(**mem.get("burn", {}))
+        mem.pop("burn", None)  # the requests/s-based model of sessions before, if stored
+        burn_models = BurnModels.from_memory(mem.get("burnModels"), cfg.burn_exponents)
         # While the first window fills, a window rate climbs whatever the load does: the
         # trend counts from the first whole window on.
         since = float(mem.setdefault("since", now_s))
@@ -344,20 +353,22 @@ class SlotunePolicy:
             abs(slope) * spec.window_s <= cfg.max_load_change * rate
             and now_s - float(mem.get("queuedAt", -math.inf)) >= spec.window_s
         )
-        # The window's requests/s per replica, where its burn describes one operating point.
+        # The window's prompt tokens/s per replica, where its burn describes one operating
+        # point.
         measured_load = (
-            rate / mean_ready
+            prompt_rate / mean_ready
             if mean_ready
-            and rate > 0
+            and prompt_rate > 0
             and settled_load
             and not retuned_in_window
             and window_tokens >= cfg.min_window_tokens
             else None
         )
         if measured_load is not None and snapshot.itl_over is not None:
-            burn_model = burn_model.add(measured_load, snapshot.itl_over, beta, cfg.forgetting)
-            mem["burn"] = burn_model.__dict__
-        burn_trusted = burn_model.w >= cfg.min_burn_samples
+            burn_models = burn_models.add(measured_load, snapshot.itl_over, cfg.forgetting)
+            mem["burnModels"] = burn_models.to_memory()
+        burn_trusted = burn_models.w >= cfg.min_burn_samples
+        beta, burn_model = burn_models.best()
         # The step model: what a prefill token costs, measured from the steps that carry a
         # chunk once prompts are chunked, else whenever stalls break the ITL target, and
         # remembered after a smaller token budget has made them disappear.
@@ -445,10 +456,8 @@ class SlotunePolicy:
         concurrency = _concurrency_model(snapshot, line, forecast)
         needed_up = _fewest(concurrency, cfg.target_utilisation * per_replica_cap, ceiling)
         needed_down = _fewest(concurrency, cfg.scale_down_utilisation * per_replica_cap, ceiling)
-        # Prefill throughput: a small token budget caps the prompt tokens a replica takes.
-        prompt_rate = snapshot.prompt_token_rate or 0.0
-        prompt_share = prompt_rate / rate if rate > 0 else 0.0
 
+        # Prefill throughput: a small token budget caps the prompt tokens a replica takes.
         def prefill_needs(load: float, tokens: int, utilisation: float) -> int:
             # Only a budget below the mean prompt chunks every prefill; above it, steps
             # carry whole prompts (several at a time) and the ITL burn says when it is full.
@@ -475,9 +484,10 @@ class SlotunePolicy:
             z = cfg.burn_spread_z
             up_capacity = burn_model.capacity(cfg.budget_use_up * budget, beta, z)
             down_capacity = burn_model.capacity(cfg.budget_use_down * budget, beta, z)
-            burn_needs = min(ceiling + 1, math.ceil(forecast / up_capacity))
+            burn_load = forecast * prompt_share  # prompt tokens/s
+            burn_needs = min(ceiling + 1, math.ceil(burn_load / up_capacity))
             needed_up = max(needed_up, burn_needs)
-            needed_down = max(needed_down, min(ceiling + 1, math.ceil(forecast / down_capacity)))
+            needed_down = max(needed_down, min(ceiling + 1, math.ceil(burn_load / down_capacity)))
         # A settled window that burns more than the whole budget is a capacity measured now:
         # size from it directly. The budget model takes it in as one window among its
         # (forgotten-weighted) thirty and would follow a slow ramp a replica a tick, and before
@@ -485,7 +495,8 @@ class SlotunePolicy:
         burn_now = snapshot.itl_over or 0.0
         if measured_load is not None and burn_now > budget:
             capacity_now = measured_load * (cfg.budget_use_up * budget / burn_now) ** (1 / beta)
-            burn_needs = max(burn_needs, min(ceiling + 1, math.ceil(forecast / capacity_now)))
+            now_needs = math.ceil(forecast * prompt_share / capacity_now)
+            burn_needs = max(burn_needs, min(ceiling + 1, now_needs))
             needed_up = max(needed_up, burn_needs)
         ttft = snapshot.ttft
         reason: Reason = "Steady"
@@ -647,7 +658,7 @@ class SlotunePolicy:
         if knobs_changed:
             mem["lastRetune"] = now_s
             mem["rolloutEnd"] = now_s + rollout_rounds(max(target, current.replicas)) * cfg.lead_s
-            mem.pop("burn", None)  # the budget model describes one batch setting
+            mem.pop("burnModels", None)  # the budget model describes one batch setting
             mem.pop("ttftFloor", None)  # ... and so does the prefill time
         if tokens != current.max_batched_tokens:
             # Shorter stalls change ITL at every batch size: learn the line again too.

@@ -48,6 +48,8 @@ def _configured(cls: type[Any], overrides: Overrides, **fixed: Any) -> Any:
             kwargs[key] = int(text)
         elif isinstance(default, float):
             kwargs[key] = float(text)
+        elif isinstance(default, tuple):
+            kwargs[key] = tuple(float(part) for part in text.split(","))
         else:
             kwargs[key] = text
     return cls(**kwargs)
