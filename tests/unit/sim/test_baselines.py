@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from slotune.api.spec import LLMServiceSpec
+from slotune.policy.slotune import SlotunePolicy
 from slotune.policy.types import MetricsSnapshot, PodMetrics, PolicySpec, Setting
 from slotune.sim.baselines import HpaPolicy, KpaPolicy, SaturationPolicy, StaticPolicy
 from slotune.sim.policies import PolicyContext, build_policy, known_names
@@ -231,6 +232,8 @@ def test_registry_builds_each_policy_with_overrides() -> None:
     assert isinstance(hpa, HpaPolicy) and (hpa.target, hpa.metric) == (0.7, "kv")
     assert build_policy("static", ctx) == StaticPolicy(7)
     assert build_policy("static", ctx, {"replicas": "3"}) == StaticPolicy(3)
+    slotune = build_policy("slotune", ctx, {"burn_exponents": "1.5,2"})
+    assert isinstance(slotune, SlotunePolicy) and slotune.config.burn_exponents == (1.5, 2.0)
     with pytest.raises(ValueError, match="no setting 'nope'"):
         build_policy("kpa", ctx, {"nope": "1"})
     with pytest.raises(ValueError, match="unknown policy"):
