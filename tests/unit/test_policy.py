@@ -591,3 +591,16 @@ def test_the_budget_model_sizes_for_the_prompt_tokens_not_the_requests() -> None
     longer = replace(burn_snap(16.0, 4, now), prompt_token_rate=16.0 * 3000)
     assert same.setting.replicas == 4
     assert POLICY.decide(longer, current, SPEC, memory, now).setting.replicas > 4
+
+
+def test_a_broken_ttft_grows_the_fleet_only_while_a_queue_waits_now() -> None:
+    # The window's p95 TTFT is over target from a queue earlier in the window; now six
+    # requests wait on four replicas, a burst the servers take at once: the lagging quantile
+    # adds nothing beyond what the load itself needs. Twelve waiting (three a replica) is a
+    # queue: the fleet grows on it.
+    def replicas(ttft: float, waiting: float) -> int:
+        decision = POLICY.decide(snap(ttft=ttft, waiting=waiting), CURRENT, SPEC, SETTLED, 1000.0)
+        return decision.setting.replicas
+
+    assert replicas(0.7, 6.0) == replicas(0.2, 6.0)
+    assert replicas(0.7, 12.0) > replicas(0.2, 12.0)
