@@ -508,7 +508,7 @@ class SlotunePolicy:
             # replicas already starting are not asked for twice. A waiting request or two per
             # replica is a burst the servers take within a step or two, not a queue: on the
             # Azure conversation trace it grew 15 replicas to 21 on a window quantile still
-            # showing a queue gone five minutes before (bench/RESULTS.md, session 9).
+            # showing a queue gone three minutes before (bench/RESULTS.md, session 9).
             if waiting > cfg.ttft_growth_queue * ready and not draining:
                 grow = math.ceil(ready * min(2.0, max(1.25, ttft / spec.ttft_target_s)))
                 needed_up = max(needed_up, grow)
