@@ -604,3 +604,15 @@ def test_a_broken_ttft_grows_the_fleet_only_while_a_queue_waits_now() -> None:
 
     assert replicas(0.7, 6.0) == replicas(0.2, 6.0)
     assert replicas(0.7, 12.0) > replicas(0.2, 12.0)
+
+
+def test_an_itl_violation_of_the_setting_before_a_retune_adds_no_replica() -> None:
+    # The window's p95 ITL is over target, with no budget model yet to size from. Two minutes
+    # after a retune the window still holds the old setting's steps: the retune answers them.
+    # Once the rollout has served a whole window, the violation is the new setting's own.
+    broken = snap(itl=0.030, running=120.0)  # 30 a replica: the ITL line asks for no more
+    rolling = {"lastRetune": 880.0, "rolloutEnd": 1030.0}
+    assert POLICY.decide(broken, CURRENT, SPEC, rolling, 1000.0).setting.replicas == 4
+    served = {"lastRetune": 500.0, "rolloutEnd": 650.0}
+    decision = POLICY.decide(broken, CURRENT, SPEC, served, 1000.0)
+    assert decision.reason == "ITLAboveTarget" and decision.setting.replicas == 5

@@ -516,7 +516,11 @@ class SlotunePolicy:
             message = f"p{spec.ttft_percentile:g} TTFT {ttft:.3f}s > {spec.ttft_target_s:g}s"
         elif itl_violated:
             # The budget model already sizes for the burn it just saw; without it, one more.
-            if retune >= current.max_num_seqs and not burn_trusted:
+            # Not while the window still holds steps of the setting before a retune: the
+            # retune is what answers them (on the Azure conversation trace the old 8192-token
+            # stalls grew the fleet a replica during the rollout to 463 tokens, held for ten
+            # minutes after it; bench/RESULTS.md, session 10).
+            if retune >= current.max_num_seqs and not burn_trusted and not retuned_in_window:
                 needed_up = max(needed_up, ready + 1)
             reason = "ITLAboveTarget"
             message = f"p{spec.itl_percentile:g} ITL {snapshot.itl:.4f}s > {spec.itl_target_s:g}s"
