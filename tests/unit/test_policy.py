@@ -612,7 +612,8 @@ def test_an_itl_violation_of_the_setting_before_a_retune_adds_no_replica() -> No
     # Once the rollout has served a whole window, the violation is the new setting's own.
     broken = snap(itl=0.030, running=120.0)  # 30 a replica: the ITL line asks for no more
     rolling = {"lastRetune": 880.0, "rolloutEnd": 1030.0}
-    assert POLICY.decide(broken, CURRENT, SPEC, rolling, 1000.0).setting.replicas == 4
+    held = POLICY.decide(broken, CURRENT, SPEC, rolling, 1000.0)
+    assert held.setting.replicas == 4 and "before the last retune" in held.message
     served = {"lastRetune": 500.0, "rolloutEnd": 650.0}
     decision = POLICY.decide(broken, CURRENT, SPEC, served, 1000.0)
     assert decision.reason == "ITLAboveTarget" and decision.setting.replicas == 5

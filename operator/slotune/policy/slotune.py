@@ -524,6 +524,8 @@ class SlotunePolicy:
                 needed_up = max(needed_up, ready + 1)
             reason = "ITLAboveTarget"
             message = f"p{spec.itl_percentile:g} ITL {snapshot.itl:.4f}s > {spec.itl_target_s:g}s"
+            if retuned_in_window:
+                message += " (the window still holds steps from before the last retune)"
         elif snapshot.e2e is not None and spec.e2e_target_s and snapshot.e2e > spec.e2e_target_s:
             needed_up = max(needed_up, ready + 1)
             reason, message = "E2EAboveTarget", f"E2E {snapshot.e2e:.2f}s > {spec.e2e_target_s:g}s"
