@@ -134,6 +134,24 @@ def test_over_provisioned_scales_down_only_after_stabilisation() -> None:
     assert decision.setting.replicas == 3  # at most a quarter fewer per step (it needs 1)
 
 
+def test_where_prompts_are_chunked_each_step_down_waits_for_a_window() -> None:
+    # A quiet service, the ITL burn far under budget, 150 s after the last change (more than
+    # the spacing between steps down, less than a window). With budgets that hold a mean
+    # prompt (1000 tokens) whole, the burn speaks for the smaller fleet: step down. With a
+    # 512-token budget the prefill model sized the fleet and the window does not show the
+    # last change's TTFT yet: wait.
+    quiet = snap(running=20.0, ttft=0.1, itl=0.012, itl_over=0.0, request_rate=2.0)
+    quiet = replace(quiet, prompt_token_rate=2000.0)
+    memory: dict[str, Any] = SETTLED | {"lastChange": 850.0, "history": [[900.0, 1]]}
+    whole = POLICY.decide(quiet, CURRENT, SPEC, memory, 1000.0)
+    assert whole.reason == "OverProvisioned" and whole.setting.replicas == 3
+    chunked = replace(CURRENT, max_batched_tokens=512)
+    held = POLICY.decide(quiet, chunked, SPEC, memory, 1000.0)
+    assert held.setting.replicas == 4
+    later = {**memory, "lastChange": 690.0}  # a whole window since the last change
+    assert POLICY.decide(quiet, chunked, SPEC, later, 1000.0).setting.replicas == 3
+
+
 def quiet_with_a_request_waiting_now_and_then(ttft_while_waiting: float) -> list[int]:
     """Six minutes of little load; every other tick a request waits and TTFT is as given.
     Without one waiting, p95 TTFT is 350 ms: a big model's prefill, above 60% of target.

@@ -476,6 +476,7 @@ class SlotunePolicy:
         queue_needs = needed_up
         budget = 1 - spec.itl_percentile / 100
         tokens_now = current.max_batched_tokens
+        chunked = tokens_now < prompt_share  # every prompt is cut into chunks
         needed_up = max(needed_up, prefill_needs(forecast, tokens_now, cfg.prefill_utilisation))
         needed_down = max(
             needed_down, prefill_needs(forecast, tokens_now, cfg.prefill_utilisation_down)
@@ -587,10 +588,18 @@ class SlotunePolicy:
                 )
         elif down_target < current.replicas and (
             steady_window
-            or ((burn_trusted or burn_clear) and now_s - last_change >= cfg.scale_down_spacing_s)
+            or (
+                (burn_trusted or burn_clear)
+                and not chunked
+                and now_s - last_change >= cfg.scale_down_spacing_s
+            )
         ):
             # Bounded steps, each after the last change has shown (a window) or, with a
-            # trusted model or a burn far under budget, after a shorter spacing.
+            # trusted model or a burn far under budget, after a shorter spacing. Those speak
+            # for the ITL budget only: where prompts are chunked, the prefill model sizes the
+            # fleet and only TTFT tells whether it was right, so each step waits for a window
+            # that shows it (on the Azure code trace two steps two minutes apart let the next
+            # burst queue; bench/RESULTS.md, session 11).
             step = current.replicas - max(1, math.floor(current.replicas * cfg.max_step_down))
             target = max(down_target, step)
             reason = "OverProvisioned"
