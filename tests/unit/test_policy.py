@@ -140,8 +140,9 @@ def test_where_prompts_are_chunked_each_step_down_waits_for_a_window() -> None:
     # prompt (1000 tokens) whole, the burn speaks for the smaller fleet: step down. With a
     # 512-token budget the prefill model sized the fleet and the window does not show the
     # last change's TTFT yet: wait.
-    quiet = snap(running=20.0, ttft=0.1, itl=0.012, itl_over=0.0, request_rate=2.0)
-    quiet = replace(quiet, prompt_token_rate=2000.0)
+    quiet = snap(
+        running=20.0, ttft=0.1, itl=0.012, itl_over=0.0, request_rate=2.0, prompt_token_rate=2e3
+    )
     memory: dict[str, Any] = SETTLED | {"lastChange": 850.0, "history": [[900.0, 1]]}
     whole = POLICY.decide(quiet, CURRENT, SPEC, memory, 1000.0)
     assert whole.reason == "OverProvisioned" and whole.setting.replicas == 3
