@@ -66,6 +66,23 @@ def test_one_query_per_metric_for_all_services_and_a_cache() -> None:
     )
 
 
+def test_means_are_sum_over_count_and_only_where_the_engine_exports_them() -> None:
+    vllm = query_set("vllm", ADAPTERS["vllm"].metrics, "5m").queries
+    assert vllm["prefill_mean"] == (
+        "sum by (namespace, llmservice) (rate(vllm:request_prefill_time_seconds_sum[5m])) / "
+        "sum by (namespace, llmservice) (rate(vllm:request_prefill_time_seconds_count[5m]))"
+    )
+    assert "inter_token_latency_seconds_sum[5m]" in vllm["itl_mean"]
+    sglang = query_set("sglang", ADAPTERS["sglang"].metrics, "5m").queries
+    assert "itl_mean" in sglang and "prefill_mean" not in sglang
+    # No traffic: Prometheus divides 0 by 0 and answers NaN, which is missing, not zero.
+    grouped = group_by_service(
+        {"itl_mean": [series("a", "x", math.nan)], "last_sample": [series("a", "x", 990.0)]}
+    )
+    snap = to_snapshot(grouped[("a", "x")], SPEC, ready_replicas=1, pending_replicas=0, now_s=1000)
+    assert snap is not None and snap.itl_mean is None and snap.prefill_mean is None
+
+
 def test_errors_are_reported_stably_and_counted() -> None:
     failed: list[str] = []
     collector = MetricsCollector(
@@ -94,6 +111,8 @@ def test_snapshot_quantiles_freshness_and_missing_is_none() -> None:
     # The ITL histogram itself travels too, in bound order with +Inf last (for quantiles at
     # ranks the policy derives).
     assert snap.itl_buckets == ((0.1, 5.0), (0.5, 9.0), (math.inf, 10.0))
+    # The exact means: a ratio of rates, one query each (the fake answers 3.0 for "a").
+    assert snap.itl_mean == 3.0 and snap.prefill_mean == 3.0
     assert to_snapshot(None, SPEC, 1, 0, 1000) is None
     other = to_snapshot(grouped[("b", "y")], SPEC, ready_replicas=1, pending_replicas=0, now_s=1000)
     assert other is not None and other.recent_request_rate is None  # absent, not zero

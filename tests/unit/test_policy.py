@@ -485,6 +485,59 @@ def test_step_model_from_the_itl_histogram() -> None:
     assert StepModel.from_stalls(stalled(1000.0, itl_over_median=None), CURRENT) is None
 
 
+def test_step_model_from_exact_means() -> None:
+    # 10 req/s of 1000-token prompts on one replica: a prefill takes 35 ms on average, an
+    # inter-token latency 10 ms. The 25 ms between them is the mean prompt's price, 25 us a
+    # token; prefill then takes 25 us x 10,000 tokens/s = a quarter of every second, so the
+    # steps that average 10 ms are decode steps of 7.5 ms plus their share of the prefill.
+    means = snap(request_rate=10.0, prompt_token_rate=10_000.0, itl_mean=0.010, prefill_mean=0.035)
+    steps = StepModel.from_means(means, CURRENT, replicas=1.0)
+    assert steps is not None
+    assert steps.per_token_s == pytest.approx(25e-6)
+    assert steps.decode_s == pytest.approx(0.0075)
+    # Cut into 512-token chunks, a prompt's prefill spans several steps and its time no longer
+    # isolates the price: the one learnt before stands, and only the decode step is re-read.
+    chunked = replace(CURRENT, max_batched_tokens=512)
+    assert StepModel.from_means(means, chunked, replicas=1.0) is None
+    kept = StepModel.from_means(replace(means, itl_mean=0.02), chunked, 1.0, price=25e-6)
+    assert kept == StepModel(0.015, 25e-6)
+    # No prefill time exported (SGLang), or no traffic: nothing, never a zero price.
+    assert StepModel.from_means(replace(means, prefill_mean=None), CURRENT, 1.0) is None
+    assert StepModel.from_means(replace(means, request_rate=None), CURRENT, 1.0) is None
+
+
+STANDARD_P99 = PolicySpec.from_spec(
+    parse_spec(
+        {
+            "model": {"name": "m"},
+            "slo": {
+                "ttft": {"target": "2s"},
+                "itl": {"target": "60ms", "percentile": 99},
+            },
+            "scaling": {"minReplicas": 1, "maxReplicas": 16},
+        }
+    )
+)
+
+
+def test_exact_means_find_the_chunking_the_stalled_steps_price_too_high() -> None:
+    # p99 ITL 70 ms over a 60 ms target, 2% of the latencies over it. The stalled steps'
+    # median, 200 ms, prices a token at 194 us (the steps that break the target carry several
+    # prompts): at that price no chunk size saves a replica, and nothing changes.
+    over = stalled(1000.0, itl=0.07, itl_over=0.02, itl_over_median=0.2)
+    alone = POLICY.decide(over, CURRENT, STANDARD_P99, {}, 1000.0)
+    assert alone.setting.max_batched_tokens == CURRENT.max_batched_tokens
+    # The exact means price it at 25 us: every 1000-token prompt fits in a step within the
+    # goal, so it is prompts sharing steps that stall the decodes, and a budget below the
+    # mean prompt (70% of it) cuts them apart.
+    means = replace(over, itl_mean=0.010, prefill_mean=0.035)
+    decision = POLICY.decide(means, CURRENT, STANDARD_P99, {}, 1000.0)
+    assert decision.setting.max_batched_tokens == 700
+    assert decision.reason == "ITLAboveTarget"
+    assert "prompts sharing a step" in decision.message and "8192 -> 700" in decision.message
+    assert decision.memory["tokenPrice"] == pytest.approx(25e-6)
+
+
 def test_histogram_quantile_interpolates_like_prometheus() -> None:
     buckets = ((0.01, 50.0), (0.025, 90.0), (0.05, 100.0), (math.inf, 100.0))
     assert histogram_quantile(buckets, 0.5) == pytest.approx(0.01)

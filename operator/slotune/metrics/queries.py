@@ -20,6 +20,7 @@ _BY = ", ".join(GROUP_LABELS)
 HISTOGRAMS = ("ttft", "itl", "e2e")
 RATES = ("request_rate", "prompt_token_rate", "generation_token_rate")
 GAUGES = ("waiting", "running", "kv_cache_usage")
+MEANS = ("itl_mean", "prefill_mean")
 RECENT_RATE = "recent_request_rate"
 RECENT_RANGE = f"{RECENT_RATE_WINDOW_S:.0f}s"
 FRESHNESS = "last_sample"
@@ -41,6 +42,13 @@ def query_set(engine: str, names: MetricNames, window: str) -> QuerySet:
     def counter_rate(counter: str, range_: str = window) -> str:
         return f"sum by ({_BY}) (rate({counter}[{range_}]))"
 
+    def mean(histogram: str) -> str:
+        # No traffic divides 0 by 0: NaN, which the snapshot reads as missing.
+        return f"{counter_rate(f'{histogram}_sum')} / {counter_rate(f'{histogram}_count')}"
+
+    means = {"itl_mean": mean(names.itl_histogram)}
+    if names.prefill_time_histogram is not None:
+        means["prefill_mean"] = mean(names.prefill_time_histogram)
     return QuerySet(
         engine,
         window,
@@ -59,5 +67,6 @@ def query_set(engine: str, names: MetricNames, window: str) -> QuerySet:
             "kv_cache_usage": f"avg by ({_BY}) ({names.kv_usage_gauge})",
             # The newest sample's time: a gauge every server always exports.
             FRESHNESS: f"max by ({_BY}) (timestamp({names.running_gauge}))",
+            **means,
         },
     )

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from slotune.metrics.queries import FRESHNESS, GAUGES, HISTOGRAMS, RATES, RECENT_RATE
+from slotune.metrics.queries import FRESHNESS, GAUGES, HISTOGRAMS, MEANS, RATES, RECENT_RATE
 from slotune.policy.types import MetricsSnapshot, PolicySpec
 from slotune.sim.vllm_metrics import HistogramSnapshot
 
@@ -111,4 +111,6 @@ def to_snapshot(
         itl_median=quantile(itl, 50.0),
         itl_over_median=quantile(itl, 100 * (1 - itl_over / 2)) if itl_over else None,
         itl_buckets=tuple(sorted(itl.items())) if itl else (),
+        itl_mean=scalars.get(MEANS[0]),
+        prefill_mean=scalars.get(MEANS[1]),
     )

@@ -130,6 +130,11 @@ class BurnModels:
         return exponent, model
 
 
+# An engine never spends less than this share of its time on decode steps in the model below:
+# a price so high that prefill would take all of it is an estimate to distrust, not a load.
+MIN_DECODE_SHARE = 0.2
+
+
 @dataclass(frozen=True)
 class StepModel:
     """An engine step's time: decode_s plus per_token_s per prefill token it carries."""
@@ -138,11 +143,48 @@ class StepModel:
     per_token_s: float
 
     @classmethod
+    def from_means(
+        cls,
+        snapshot: MetricsSnapshot,
+        current: Setting,
+        replicas: float,
+        price: float | None = None,
+    ) -> StepModel | None:
+        """From exact means (histogram sums over counts: no bucket is interpolated), where
+        the engine exports the request prefill time.
+
+        While prompts are prefilled whole (the budget above the mean prompt), a request's
+        prefill time is the step that carries its prompt, d + c x (that step's prefill
+        tokens), and a mean ITL observation is any step, d + c x (the prefill tokens a step
+        carries on average). The prompts that share the first step add about as many tokens
+        as a step carries on average, so the two differ by c x the mean prompt. (The median
+        of the stalled steps, the other estimate, selects the steps that carried the most
+        and read 3.5x the simulator's price; this one reads within ~10%: bench/RESULTS.md,
+        session 12.) Once prompts are chunked their prefill spans several steps and the
+        difference no longer isolates c, so the price measured before (`price`) stands: a
+        token costs what it costs whatever the chunk. The decode step follows from the time
+        an engine that never idles spends: c x (prompt tokens/s) of each second on prefill,
+        the rest on steps whose mean is the mean ITL, so d = ITL mean x (1 - c x prompt
+        tokens/s per replica). None without the data, or with neither regime's price."""
+        rate, prompt_rate = snapshot.request_rate, snapshot.prompt_token_rate
+        itl, prefill = snapshot.itl_mean, snapshot.prefill_mean
+        if not (rate and prompt_rate and itl and replicas > 0):
+            return None
+        prompt = prompt_rate / rate
+        if current.max_batched_tokens >= prompt:
+            price = (prefill - itl) / prompt if prefill else None
+        if price is None or price <= 0:
+            return None
+        decode_share = max(MIN_DECODE_SHARE, 1 - price * prompt_rate / replicas)
+        return cls(itl * decode_share, price)
+
+    @classmethod
     def from_stalls(cls, snapshot: MetricsSnapshot, current: Setting) -> StepModel | None:
         """From the ITL histogram: its median is a decode step; the median of the
         observations over the target is a step carrying a chunk of min(budget, mean prompt)
         tokens. None unless such stalls are there to measure. (Several prompts can share a
-        step, so this prices a token high: a safe side, but a pessimistic one.)"""
+        step, so this prices a token high: a safe side, but a pessimistic one. The policy
+        prefers `from_means` where the engine exports what it needs.)"""
         decode, stall = snapshot.itl_median, snapshot.itl_over_median
         rate, prompt_rate = snapshot.request_rate, snapshot.prompt_token_rate
         if decode is None or stall is None or not rate or not prompt_rate or stall <= decode:

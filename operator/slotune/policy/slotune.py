@@ -305,7 +305,9 @@ class SlotunePolicy:
 
         # 1. Fit ITL against batch per replica.
         fit = ItlFit(**mem.get("fit", {}))
-        per_replica = (snapshot.running or 0.0) / ready
+        # No engine runs more than its batch limit: a gauge above it per ready replica counts
+        # requests still finishing on pods that are no longer ready, not a bigger batch.
+        per_replica = min((snapshot.running or 0.0) / ready, float(current.max_num_seqs))
         # The ITL is a quantile over the whole window but `running` is a gauge of now: the
         # pair only describes one operating point once the fleet has not changed for a window.
         last_change = float(mem.get("lastChange", -math.inf))
@@ -370,12 +372,18 @@ class SlotunePolicy:
             mem["burnModels"] = burn_models.to_memory()
         burn_trusted = burn_models.w >= cfg.min_burn_samples
         beta, burn_model = burn_models.best()
-        # The step model: what a prefill token costs, measured from the steps that carry a
-        # chunk once prompts are chunked, else whenever stalls break the ITL target, and
-        # remembered after a smaller token budget has made them disappear.
+        # The step model: what a prefill token costs. From the exact means of ITL and prefill
+        # time where the engine exports them (the price learnt while prompts are whole stays
+        # once they are chunked); else from the histogram: the steps that carry a chunk once
+        # prompts are chunked, or the stalls whenever they break the ITL target. Remembered
+        # after a smaller token budget has made the stalls disappear.
+        chunked = current.max_batched_tokens < prompt_share  # every prompt is cut into chunks
         material = (snapshot.itl_over or 0.0) > 0.2 * (1 - spec.itl_percentile / 100)
-        observed_steps = StepModel.from_chunked_steps(snapshot, current) or (
-            StepModel.from_stalls(snapshot, current) if material else None
+        means = StepModel.from_means(snapshot, current, mean_ready or ready, mem.get("tokenPrice"))
+        observed_steps = (
+            means
+            or StepModel.from_chunked_steps(snapshot, current)
+            or (StepModel.from_stalls(snapshot, current) if material else None)
         )
         steps = StepModel(**mem["steps"]) if "steps" in mem else None
         if observed_steps is not None and settled_load and not retuned_in_window:
@@ -385,6 +393,8 @@ class SlotunePolicy:
                 else steps.blend(observed_steps, cfg.step_model_weight)
             )
             mem["steps"] = steps.__dict__
+            if means is not None and not chunked:
+                mem["tokenPrice"] = steps.per_token_s
 
         # 2. The concurrency per replica at which the fitted ITL reaches the goal. It sizes
         # replicas, and becomes the batch limit when moving there is worth a restart.
@@ -476,7 +486,6 @@ class SlotunePolicy:
         queue_needs = needed_up
         budget = 1 - spec.itl_percentile / 100
         tokens_now = current.max_batched_tokens
-        chunked = tokens_now < prompt_share  # every prompt is cut into chunks
         needed_up = max(needed_up, prefill_needs(forecast, tokens_now, cfg.prefill_utilisation))
         needed_down = max(
             needed_down, prefill_needs(forecast, tokens_now, cfg.prefill_utilisation_down)
@@ -648,7 +657,11 @@ class SlotunePolicy:
         ):
             mean_prompt = (snapshot.prompt_token_rate or 0.0) / (snapshot.request_rate or 1.0)
             chunk = min(current.max_batched_tokens, mean_prompt)
-            fitting = int(steps.fitting_chunk(itl_goal))
+            # The largest chunk that fits beside a decode step within the goal, and small
+            # enough to cut every prompt: where a whole mean prompt would fit, it is several
+            # prompts sharing a step that stall the decodes, and only a budget below the mean
+            # prompt stops them (the 60 ms classes, p99 most: bench/RESULTS.md, session 12).
+            fitting = min(int(steps.fitting_chunk(itl_goal)), int(cfg.chunk_change * chunk))
             new_tokens = _clamp(max(fitting, current.max_num_seqs), tokens_low, tokens_high)
             # Worth a restart only if the fleet it predicts is at least a replica smaller.
             after = max(
@@ -666,11 +679,19 @@ class SlotunePolicy:
                 tokens = new_tokens
                 reason = "ITLAboveTarget"
                 stall = steps.decode_s + steps.per_token_s * chunk
-                message = (
-                    f"prefill chunks of {chunk:.0f} tokens stall decodes for {1000 * stall:.0f} "
-                    f"ms: token budget {current.max_batched_tokens} -> {tokens} so a chunk fits "
-                    f"in {1000 * itl_goal:.0f} ms"
-                )
+                capped = steps.decode_s + steps.per_token_s * tokens
+                if stall > itl_goal:
+                    message = (
+                        f"prefill chunks of {chunk:.0f} tokens stall decodes for "
+                        f"{1000 * stall:.0f} ms: token budget {current.max_batched_tokens} -> "
+                        f"{tokens} so a chunk fits in {1000 * itl_goal:.0f} ms"
+                    )
+                else:
+                    message = (
+                        f"prompts sharing a step stall decodes past the ITL target: token "
+                        f"budget {current.max_batched_tokens} -> {tokens} cuts them into chunks "
+                        f"of {1000 * capped:.0f} ms steps"
+                    )
         knobs_changed = retune != current.max_num_seqs or tokens != current.max_batched_tokens
         if target != current.replicas or knobs_changed:
             mem["lastChange"] = now_s

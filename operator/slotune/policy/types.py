@@ -114,6 +114,12 @@ class MetricsSnapshot:
     # lags a change by half a window, this one by half a minute, so together they tell a
     # ramp (still climbing) from a step that has already happened. None where not known.
     recent_request_rate: float | None = None
+    # Exact means over the window (a histogram's sum over its count: no bucket interpolation):
+    # the ITL, and the time from a request's first scheduling to its first token (its prefill
+    # steps). Together with the mean prompt they price a prefill token; None where the engine
+    # does not export them.
+    itl_mean: float | None = None
+    prefill_mean: float | None = None
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ class MetricNames:
     kv_usage_gauge: str
     prompt_tokens_counter: str
     generation_tokens_counter: str
+    # From a request's first scheduling to its first token; None where the engine has none.
+    prefill_time_histogram: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class VllmAdapter:
         kv_usage_gauge="vllm:kv_cache_usage_perc",
         prompt_tokens_counter="vllm:prompt_tokens_total",
         generation_tokens_counter="vllm:generation_tokens_total",
+        prefill_time_histogram="vllm:request_prefill_time_seconds",
     )
     probes: Probes = Probes(startup="/health", readiness="/health", liveness="/health")
 
@@ -120,6 +123,8 @@ class SglangAdapter:
         kv_usage_gauge="sglang:token_usage",
         prompt_tokens_counter="sglang:prompt_tokens_total",
         generation_tokens_counter="sglang:generation_tokens_total",
+        # SGLang's documented metrics have no per-request prefill time: the policy then
+        # prices prefill tokens from the ITL histogram alone.
     )
     # /health runs a one-token generation on SGLang: too heavy for a frequent liveness probe.
     probes: Probes = Probes(startup="/ready", readiness="/ready", liveness="/ping")

@@ -7,6 +7,8 @@ queries (``slotune.metrics.queries``), evaluated at the tuning tick ``T``:
   ``histogram_quantile`` at the SLO's percentile;
 * ``sum(rate(<e2e>_count[W]))`` (finished requests/s), ``sum(rate(prompt_tokens_total[W]))``,
   ``sum(rate(generation_tokens_total[W]))``;
+* ``sum(rate(<h>_sum[W])) / sum(rate(<h>_count[W]))``, the exact means of ITL and of the
+  request prefill time;
 * ``sum(num_requests_waiting)``, ``sum(num_requests_running)``, ``avg(kv_cache_usage_perc)``
   and ``max(timestamp(num_requests_running))`` for the snapshot's age.
 
@@ -35,11 +37,13 @@ from slotune.sim.cluster import Cluster, Pod
 from slotune.sim.vllm_metrics import (
     E2E_REQUEST_LATENCY,
     INTER_TOKEN_LATENCY,
+    REQUEST_PREFILL_TIME,
     TIME_TO_FIRST_TOKEN,
     HistogramSnapshot,
 )
 
 LATENCY_HISTOGRAMS = (TIME_TO_FIRST_TOKEN, INTER_TOKEN_LATENCY, E2E_REQUEST_LATENCY)
+MEAN_HISTOGRAMS = (INTER_TOKEN_LATENCY, REQUEST_PREFILL_TIME)  # read as sum / count
 PEAK_WINDOW_S = 60.0  # max_over_time(...[1m]) of llm-d's saturation queries
 LOOKBACK_S = 300.0  # Prometheus' default lookback for instant selectors
 
@@ -109,6 +113,7 @@ class _Sample:
     running: float
     waiting: float
     kv_cache_usage: float
+    sums: tuple[float, ...]  # (sum, count) of each of MEAN_HISTOGRAMS, flattened
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +199,11 @@ class PrometheusView:
                     float(m.num_requests_running),
                     float(m.num_requests_waiting),
                     m.kv_cache_usage,
+                    tuple(
+                        value
+                        for snap in (hist[name].snapshot() for name in MEAN_HISTOGRAMS)
+                        for value in (snap.sum, snap.count)
+                    ),
                 )
             )
             series.alive = True
@@ -245,6 +255,7 @@ class PrometheusView:
         sizes = [len(self.visible[name]) + 1 for name in LATENCY_HISTOGRAMS]
         bucket_rates = [[0.0] * size for size in sizes]
         rates = [0.0, 0.0, 0.0]
+        sum_rates = [0.0] * (2 * len(MEAN_HISTOGRAMS))
         have_rate = False
         for series in self._series.values():
             in_range = [s for s in series.samples if start < s.t <= now]
@@ -268,6 +279,9 @@ class PrometheusView:
             ):
                 if b != a:
                     rates[k] += extrapolated_rate(first.t, a, last.t, b, n, now, window)
+            for k, (a, b) in enumerate(zip(first.sums, last.sums, strict=True)):
+                if b != a:
+                    sum_rates[k] += extrapolated_rate(first.t, a, last.t, b, n, now, window)
 
         # The same rate() over the last minute only, for the policy to tell a step from a ramp.
         recent_start = now - RECENT_RATE_WINDOW_S
@@ -302,6 +316,10 @@ class PrometheusView:
                 return None
             value = fraction_above(target, self.visible[LATENCY_HISTOGRAMS[h]], bucket_rates[h])
             return None if math.isnan(value) else value
+
+        def mean(m: int) -> float | None:
+            total, count = sum_rates[2 * m], sum_rates[2 * m + 1]
+            return total / count if have_rate and count > 0 else None
 
         itl_over = over(1, spec.itl_target_s)
         pods: list[PodMetrics] = []
@@ -356,4 +374,6 @@ class PrometheusView:
             if have_rate
             else (),
             itl_over_median=quantile(1, 100 * (1 - itl_over / 2)) if itl_over else None,
+            itl_mean=mean(0),
+            prefill_mean=mean(1),
         )

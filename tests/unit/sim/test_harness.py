@@ -22,6 +22,7 @@ from slotune.sim.synthetic import poisson_requests
 from slotune.sim.vllm_metrics import (
     E2E_REQUEST_LATENCY,
     INTER_TOKEN_LATENCY,
+    REQUEST_PREFILL_TIME,
     TIME_TO_FIRST_TOKEN,
     HistogramSnapshot,
 )
@@ -119,7 +120,12 @@ def drive_with_scrapes(
             p.name: {
                 "h": {
                     n: p.engine.metrics.histograms[n].snapshot()
-                    for n in (TIME_TO_FIRST_TOKEN, INTER_TOKEN_LATENCY, E2E_REQUEST_LATENCY)
+                    for n in (
+                        TIME_TO_FIRST_TOKEN,
+                        INTER_TOKEN_LATENCY,
+                        E2E_REQUEST_LATENCY,
+                        REQUEST_PREFILL_TIME,
+                    )
                 },
                 "gauges": (
                     p.engine.metrics.num_requests_running,
@@ -203,6 +209,16 @@ def test_the_snapshot_is_what_the_histograms_say() -> None:
     assert snap.age_s == pytest.approx(0.5)
     assert [p.pod for p in snap.pods] == pods
     assert snap.e2e is None  # no E2E target: the operator does not query it
+    # Means are sum over count, both rates stretched alike: exact, with no buckets involved.
+    for name, got in (
+        (INTER_TOKEN_LATENCY, snap.itl_mean),
+        (REQUEST_PREFILL_TIME, snap.prefill_mean),
+    ):
+        total_sum = sum(last[p]["h"][name].sum - first[p]["h"][name].sum for p in pods)
+        count = sum(last[p]["h"][name].count - first[p]["h"][name].count for p in pods)
+        assert count > 0 and got == pytest.approx(total_sum / count, rel=1e-9)
+    assert snap.prefill_mean is not None and snap.itl_mean is not None
+    assert snap.prefill_mean > snap.itl_mean  # a prefill step carries the decodes too
 
 
 def test_deleted_pods_leave_the_gauges_but_stay_in_the_rates() -> None:
