@@ -4,7 +4,7 @@ Runs `slotune sim` on each scenario x SLO class with every policy (one default c
 each, nothing tuned per scenario) and prints one markdown table per run, ready for
 bench/RESULTS.md. Usage:
 
-    .venv/bin/python bench/bench_policy.py [--quick | --sweep] [--model PROFILE]
+    .venv/bin/python bench/bench_policy.py [--quick | --sweep | --held-out] [--model PROFILE]
         [--scenarios a,b] [--slo standard|interactive] [--seed N] [--out DIR]
 
 `--quick` keeps the two 1-hour synthetic scenarios only (a few minutes on 2 cores); the full
@@ -13,6 +13,9 @@ instead runs each baseline over its main setting (HPA utilisation target, KPA co
 target, static replica count as shares of slotune's peak) on the quick scenarios, or on those
 `--scenarios` names, to draw its GPU-hours vs attainment curve. `--seed` draws another
 superimposition of the scaled Azure traces (and other synthetic arrivals): one seed is one draw.
+`--held-out` runs scenarios the policy was never tuned on (other GPUs, an FP8 model, SLO
+classes between the two, p99 targets, vLLM's default buckets, on/off bursts, constant load)
+with slotune, the default HPA and the oracle: a check that the one configuration generalises.
 """
 
 from __future__ import annotations
@@ -39,6 +42,45 @@ FULL = {
     "azure-code-x20": ["--trace", "azure-code", "--scale", "20", "--duration", "1h"],
     "mooncake": ["--trace", "mooncake-synthetic", "--duration", "1h"],
 }
+# Each with its own model and SLO: (name, sim arguments).
+HELD_OUT = {
+    "a100-diurnal-std": [
+        "--trace", "diurnal:mean=12,amplitude=0.6,duration=3600", "--model", "llama-3-8b-a100",
+        "--slo-ttft", "2s", "--slo-itl", "60ms",
+    ],
+    "70b-fp8-step-1s-40ms": [
+        "--trace", "step:low=10,high=30,at=1500,duration=3600",
+        "--model", "llama-3-70b-h100x4-fp8", "--slo-ttft", "1s", "--slo-itl", "40ms",
+    ],
+    "bursty-std": [
+        "--trace", "bursty:on=40,off=10,on_s=120,off_s=480,duration=3600",
+        "--slo-ttft", "2s", "--slo-itl", "60ms",
+    ],
+    "constant-int": [
+        "--trace", "poisson:rate=40,duration=3600", "--slo-ttft", "500ms", "--slo-itl", "25ms",
+    ],
+    "azure-conv-x10-1s-40ms": [
+        "--trace", "azure-conv", "--scale", "10", "--duration", "1h",
+        "--slo-ttft", "1s", "--slo-itl", "40ms",
+    ],
+    "diurnal-int-default-buckets": [
+        "--trace", "diurnal:mean=20,amplitude=0.6,duration=3600", "--no-slo-buckets",
+        "--slo-ttft", "500ms", "--slo-itl", "25ms",
+    ],
+    "diurnal-std-p99": [
+        "--trace", "diurnal:mean=20,amplitude=0.6,duration=3600", "--percentile", "99",
+        "--slo-ttft", "2s", "--slo-itl", "60ms",
+    ],
+    "step-std-p99": [
+        "--trace", "step:low=10,high=30,at=1800,duration=3600", "--percentile", "99",
+        "--slo-ttft", "2s", "--slo-itl", "60ms",
+    ],
+    "code-lengths-step-1s-30ms": [
+        "--trace", "step:low=5,high=15,at=1200,duration=3600,tokens=azure-code",
+        "--slo-ttft", "1s", "--slo-itl", "30ms",
+    ],
+}  # fmt: skip
+HELD_OUT_POLICIES = "slotune,hpa,oracle"
 POLICIES = "slotune,hpa,kpa,saturation,static,oracle"
 MODEL = "llama-3-8b-h100"  # the default profile; --model changes it
 SWEEPS = {
@@ -61,18 +103,26 @@ COLUMNS = (
 
 def run(name: str, args: list[str], slo: str, out: Path, model: str, seed: int) -> str:
     ttft, itl = SLO_CLASSES[slo]
-    path = out / f"{name}-{slo}.json"
+    return run_table(
+        f"{name}, {slo} (TTFT p95 <= {ttft}, ITL p95 <= {itl})",
+        [*args, "--slo-ttft", ttft, "--slo-itl", itl, "--model", model],
+        out / f"{name}-{slo}.json",
+        seed,
+        POLICIES,
+    )
+
+
+def run_table(title: str, args: list[str], path: Path, seed: int, policies: str) -> str:
     command = [
-        sys.executable, "-m", "slotune.cli", "sim", *args, "--slo-ttft", ttft, "--slo-itl", itl,
-        "--model", model, "--seed", str(seed),
-        "--policies", POLICIES, "--no-progress", "--json", str(path),
+        sys.executable, "-m", "slotune.cli", "sim", *args, "--seed", str(seed),
+        "--policies", policies, "--no-progress", "--json", str(path),
     ]  # fmt: skip
     started = time.monotonic()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     wall = time.monotonic() - started
     result = json.loads(path.read_text())["policies"]
     lines = [
-        f"#### {name}, {slo} (TTFT p95 <= {ttft}, ITL p95 <= {itl}); {wall:.0f} s wall",
+        f"#### {title}; {wall:.0f} s wall",
         "",
         "| policy | GPU-h | x oracle | windows ok | goodput | TTFT p95 | ITL p95 |",
         "|---|---|---|---|---|---|---|",
@@ -160,6 +210,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--sweep", action="store_true", help="sweep the baselines' settings")
+    parser.add_argument(
+        "--held-out", action="store_true", help="scenarios the policy was not tuned on"
+    )
     parser.add_argument("--out", type=Path, default=Path("out/bench-policy"))
     parser.add_argument("--model", default=MODEL, help="performance profile (llama-3-70b-h100x4)")
     parser.add_argument(
@@ -171,7 +224,14 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"command: {' '.join(sys.argv)}")
     print(f"machine: {platform.node()} {platform.machine()}, python {platform.python_version()}")
-    print(f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, profile {args.model}, seed {args.seed}\n")
+    profile = "per scenario" if args.held_out else args.model
+    print(f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, profile {profile}, seed {args.seed}\n")
+    if args.held_out:
+        for name, scenario in HELD_OUT.items():
+            if not args.scenarios or name in args.scenarios.split(","):
+                path = args.out / f"held-out-{name}.json"
+                print(run_table(name, scenario, path, args.seed, HELD_OUT_POLICIES), flush=True)
+        return 0
     chosen = QUICK if args.quick or args.sweep else FULL
     if args.scenarios:
         names = args.scenarios.split(",")
