@@ -30,10 +30,13 @@ The idea, in four steps each cycle:
    stabilisation window, one bounded step at a time.
 4. Choose the token budget (max-num-batched-tokens): a step carrying a prefill chunk stalls
    the decodes beside it, so when those stalls are what sizes the fleet, shrink the chunk to
-   the largest that fits beside a decode step within the ITL goal (Sarathi-Serve's rule). The
-   step times come from the ITL histogram (its median; the median of what is over target, or,
-   once prompts are cut into chunks, the median of the steps that carry one), and the same
-   step model caps the prompt tokens/s a replica can prefill at a given budget.
+   the largest that fits beside a decode step within the ITL goal (Sarathi-Serve's rule), and
+   below the mean prompt (where a whole prompt fits, prompts sharing a step are what stall).
+   A prefill token's price comes from exact means (the request prefill time's over the ITL's,
+   per mean prompt) where the engine exports them, else from the ITL histogram (its median;
+   the median of what is over target, or, once prompts are cut into chunks, the median of the
+   steps that carry one), and the same step model caps the prompt tokens/s a replica can
+   prefill at a given budget.
 
 Everything it needs to remember (fit statistics, recommendation history, cooldowns) is in the
 small `memory` dict that the operator keeps in the LLMService status.
