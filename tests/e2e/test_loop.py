@@ -133,6 +133,8 @@ def test_promql_templates_against_prometheus_scraping_emulators(sandbox: Sandbox
         observed = eventually(lambda: service.status().get("observed"), 30, "status.observed")
         assert observed["requestRate"] > 0 and observed["ttft"] > 0
         assert observed["recentRequestRate"] > 0
+        # The exact means: a prefill step carries the decodes beside it, so it outlasts one.
+        assert observed["prefillMean"] > observed["itlMean"] > 0
     finally:
         service.delete()
 

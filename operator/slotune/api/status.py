@@ -74,6 +74,20 @@ class Observed(ApiModel):
     generation_token_rate: Seconds | None = Field(
         default=None, description="Generated tokens per second."
     )
+    itl_mean: Seconds | None = Field(
+        default=None,
+        description=(
+            "Mean inter-token latency (s), exact (the histogram's sum over its count). With "
+            "prefillMean it prices a prefill token: their difference over the mean prompt."
+        ),
+    )
+    prefill_mean: Seconds | None = Field(
+        default=None,
+        description=(
+            "Mean time from a request's first scheduling to its first token (s); absent where "
+            "the engine does not export it."
+        ),
+    )
     queue_depth: Seconds | None = Field(default=None, description="Requests waiting, all pods.")
     running: Seconds | None = Field(default=None, description="Requests running, all pods.")
     kv_cache_usage: Annotated[float, Field(ge=0, le=1)] | None = Field(

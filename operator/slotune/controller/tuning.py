@@ -77,6 +77,8 @@ def observed_status(snapshot: MetricsSnapshot, now: datetime) -> dict[str, Any]:
         "recentRequestRate": snapshot.recent_request_rate,
         "promptTokenRate": snapshot.prompt_token_rate,
         "generationTokenRate": snapshot.generation_token_rate,
+        "itlMean": snapshot.itl_mean,
+        "prefillMean": snapshot.prefill_mean,
         "queueDepth": snapshot.waiting,
         "running": snapshot.running,
         "kvCacheUsage": snapshot.kv_cache_usage,
