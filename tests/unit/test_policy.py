@@ -153,6 +153,28 @@ def test_where_prompts_are_chunked_each_step_down_waits_for_a_window() -> None:
     assert POLICY.decide(quiet, chunked, SPEC, later, 1000.0).setting.replicas == 3
 
 
+def test_a_fleet_sized_by_prefill_says_so() -> None:
+    # 100 req/s of 1000-token prompts cut into 512-token chunks: a step carrying a chunk
+    # beside ~60 decodes takes 10 + 25 us x 452 ms, so a replica prefills ~21k tokens/s and,
+    # at 70% of that, 7 replicas are needed where 4 run 60 requests each (well under the
+    # batch limit). The message names the prefill, not the concurrency.
+    chunked = replace(CURRENT, max_batched_tokens=512)
+    memory = SETTLED | {"steps": {"decode_s": 0.010, "per_token_s": 25e-6}}
+    busy = snap(request_rate=100.0, prompt_token_rate=100_000.0)
+    decision = POLICY.decide(busy, chunked, SPEC, memory, 1000.0)
+    assert decision.setting.replicas == 7
+    assert (
+        decision.reason == "TTFTAboveTarget" and "to prefill in 512-token steps" in decision.message
+    )
+    # Whole prompts (an 8192-token budget): prefill does not size the fleet.
+    assert POLICY.decide(busy, CURRENT, SPEC, memory, 1000.0).setting.replicas == 4
+    # A 2 s target leaves room for prompts to queue for prefill: a 47 ms prefill waits
+    # ln(20) x 47 ms / (1 - 0.85) = 0.94 s at the p95 when prefill runs 85% busy, under 60%
+    # of the target. So 6 replicas, where the 500 ms class keeps prefill 70% busy.
+    lenient = replace(SPEC, ttft_target_s=2.0)
+    assert POLICY.decide(busy, chunked, lenient, memory, 1000.0).setting.replicas == 6
+
+
 def quiet_with_a_request_waiting_now_and_then(ttft_while_waiting: float) -> list[int]:
     """Six minutes of little load; every other tick a request waits and TTFT is as given.
     Without one waiting, p95 TTFT is 350 ms: a big model's prefill, above 60% of target.
@@ -459,6 +481,22 @@ def test_a_surge_window_does_not_teach_the_budget_model() -> None:
         )
         memory = dict(POLICY.decide(surge, current, SPEC, memory, now).memory)
     assert memory["burnModels"] == learned
+
+
+def test_a_few_requests_waiting_their_turn_still_teach_the_budget_model() -> None:
+    # At 16 req/s, ten waiting on 4 replicas is less than a second of arrivals (prompts
+    # waiting for their chunk): the window still describes its load. Thirty is a queue.
+    def learned(waiting: float) -> float:
+        memory: dict[str, Any] = dict(SETTLED)
+        for step in range(24):
+            now = 1000.0 + 30 * step
+            observed = replace(burn_snap(16.0, 4, now), waiting=waiting if step > 10 else 0.0)
+            decision = POLICY.decide(observed, Setting(4, 128, 8192), SPEC, memory, now)
+            memory = dict(decision.memory)
+        return float(memory["burnModels"]["1.5"]["w"])
+
+    assert learned(10.0) == pytest.approx(learned(0.0))
+    assert learned(30.0) < learned(0.0) - 5
 
 
 def stalled(now: float, **changes: Any) -> MetricsSnapshot:

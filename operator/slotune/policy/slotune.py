@@ -36,7 +36,8 @@ The idea, in four steps each cycle:
    per mean prompt) where the engine exports them, else from the ITL histogram (its median;
    the median of what is over target, or, once prompts are cut into chunks, the median of the
    steps that carry one), and the same step model caps the prompt tokens/s a replica can
-   prefill at a given budget.
+   prefill at a given budget: at 70% of it, or busier (up to 85%) where a prompt's queueing
+   for prefill at the TTFT percentile still fits in 60% of the target.
 
 Everything it needs to remember (fit statistics, recommendation history, cooldowns) is in the
 small `memory` dict that the operator keeps in the LLMService status.
@@ -104,12 +105,15 @@ class SlotuneConfig:
     clear_burn: float = 0.25  # ... or while the burn is under a quarter of the budget
     prefill_utilisation: float = 0.7  # of the prefill capacity a token budget leaves, up
     prefill_utilisation_down: float = 0.6  # ... and to remove a replica
+    prefill_utilisation_max: float = 0.85  # both up to 0.15 higher where TTFT allows
+    prefill_ttft_share: float = 0.6  # ... by keeping the wait for prefill in this share
     step_model_weight: float = 0.3  # how fast the step model follows new measurements
     chunk_headroom: float = 1.5  # shrink prefill chunks only if the goal is >= 1.5 decode steps
     chunk_change: float = 0.7  # ... and only to at most 70% of the chunk they replace
     chunk_ttft_bar: float = 0.9  # ... while TTFT, lengthened by the extra chunk steps, fits
     tail_prompt: float = 4.0  # a prompt this many times the mean sets the TTFT percentile
     ttft_growth_queue: float = 2.0  # waiting per replica before a broken TTFT grows the fleet
+    unsettling_queue_s: float = 1.0  # a queue of a second's arrivals unsettles a window
 
 
 def _with_prior(fit: ItlFit, x: float, y: float, cfg: SlotuneConfig) -> ItlFit:
@@ -339,7 +343,11 @@ class SlotunePolicy:
         # with the backlog and the new replicas, not with the load. (A backlog that adds a
         # tenth to the window's requests; a few waiting requests are noise.)
         waiting = snapshot.waiting or 0.0
-        if waiting > ready:
+        # A queue is one that holds more than a second's arrivals: with prompts cut into
+        # chunks a few always wait their turn (on the Azure conversation trace 5-23 waited on
+        # 12 replicas at 130 req/s with nothing over the ITL target), and counting those
+        # kept the budget model from learning for 20 minutes (bench/RESULTS.md, session 13).
+        if waiting > ready and waiting > cfg.unsettling_queue_s * rate:
             mem["queuedAt"] = now_s
         if waiting > cfg.backlog_fraction * rate * spec.window_s:
             mem["backlogAt"] = now_s
@@ -482,14 +490,29 @@ class SlotunePolicy:
             for replicas in range(1, ceiling + 1):
                 decoding = min(concurrency(replicas), float(current.max_num_seqs))
                 capacity = steps.prefill_capacity(tokens, decoding)
-                if load * prompt_share <= replicas * utilisation * capacity:
+                if load * prompt_share <= replicas * prefill_bar(capacity, utilisation) * capacity:
                     return replicas
             return ceiling + 1
+
+        def prefill_bar(capacity: float, utilisation: float) -> float:
+            # How busy prefill may run. Prompts queue for it, so a prompt's wait at the TTFT
+            # percentile p is ln(1 / (1 - p)) prefill times over (1 - utilisation) (M/M/1: a
+            # bursty load and a long-tailed prompt mix). Where that stays within a share of
+            # the TTFT target even at a higher utilisation (short prefills, a lenient target),
+            # run busier than the floor; never busier than the ceiling.
+            if capacity <= 0:
+                return utilisation
+            tail = math.log(1 / (1 - spec.ttft_percentile / 100))
+            wait = cfg.prefill_ttft_share * spec.ttft_target_s
+            busiest = 1 - tail * (prompt_share / capacity) / wait
+            room = cfg.prefill_utilisation_max - cfg.prefill_utilisation
+            return utilisation + min(room, max(0.0, busiest - cfg.prefill_utilisation))
 
         queue_needs = needed_up
         budget = 1 - spec.itl_percentile / 100
         tokens_now = current.max_batched_tokens
-        needed_up = max(needed_up, prefill_needs(forecast, tokens_now, cfg.prefill_utilisation))
+        prefill_up = prefill_needs(forecast, tokens_now, cfg.prefill_utilisation)
+        needed_up = max(needed_up, prefill_up)
         needed_down = max(
             needed_down, prefill_needs(forecast, tokens_now, cfg.prefill_utilisation_down)
         )
@@ -590,6 +613,13 @@ class SlotunePolicy:
                 message = (
                     f"predicted: {forecast:.1f} req/s need {needed_up} replicas to keep the "
                     f"ITL burn under {cfg.budget_use_up:.0%} of its budget"
+                )
+            elif reason == "Steady" and prefill_up >= needed_up:
+                reason = "TTFTAboveTarget"
+                message = (
+                    f"predicted: {forecast:.1f} req/s of {prompt_share:.0f}-token prompts need "
+                    f"{needed_up} replicas to prefill in {tokens_now}-token steps at "
+                    f"{cfg.prefill_utilisation:.0%} of capacity"
                 )
             elif reason == "Steady":
                 itl_bound = capacity < retune
