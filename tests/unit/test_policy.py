@@ -163,16 +163,16 @@ def test_a_fleet_sized_by_prefill_says_so() -> None:
     busy = snap(request_rate=100.0, prompt_token_rate=100_000.0)
     decision = POLICY.decide(busy, chunked, SPEC, memory, 1000.0)
     assert decision.setting.replicas == 7
-    assert (
-        decision.reason == "TTFTAboveTarget" and "to prefill in 512-token steps" in decision.message
-    )
+    assert decision.reason == "TTFTAboveTarget"
+    assert "to prefill in 512-token steps at 70% of capacity" in decision.message
     # Whole prompts (an 8192-token budget): prefill does not size the fleet.
     assert POLICY.decide(busy, CURRENT, SPEC, memory, 1000.0).setting.replicas == 4
     # A 2 s target leaves room for prompts to queue for prefill: a 47 ms prefill waits
     # ln(20) x 47 ms / (1 - 0.85) = 0.94 s at the p95 when prefill runs 85% busy, under 60%
     # of the target. So 6 replicas, where the 500 ms class keeps prefill 70% busy.
     lenient = replace(SPEC, ttft_target_s=2.0)
-    assert POLICY.decide(busy, chunked, lenient, memory, 1000.0).setting.replicas == 6
+    decision = POLICY.decide(busy, chunked, lenient, memory, 1000.0)
+    assert decision.setting.replicas == 6 and "at 85% of capacity" in decision.message
 
 
 def quiet_with_a_request_waiting_now_and_then(ttft_while_waiting: float) -> list[int]:

@@ -614,12 +614,15 @@ class SlotunePolicy:
                     f"predicted: {forecast:.1f} req/s need {needed_up} replicas to keep the "
                     f"ITL burn under {cfg.budget_use_up:.0%} of its budget"
                 )
-            elif reason == "Steady" and prefill_up >= needed_up:
+            elif reason == "Steady" and prefill_up >= needed_up and steps is not None:
                 reason = "TTFTAboveTarget"
+                decoding = min(concurrency(needed_up), float(current.max_num_seqs))
+                capacity_then = steps.prefill_capacity(tokens_now, decoding)
+                busy = prefill_bar(capacity_then, cfg.prefill_utilisation)
                 message = (
                     f"predicted: {forecast:.1f} req/s of {prompt_share:.0f}-token prompts need "
                     f"{needed_up} replicas to prefill in {tokens_now}-token steps at "
-                    f"{cfg.prefill_utilisation:.0%} of capacity"
+                    f"{busy:.0%} of capacity"
                 )
             elif reason == "Steady":
                 itl_bound = capacity < retune
