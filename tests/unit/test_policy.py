@@ -96,6 +96,36 @@ def test_a_drained_backlog_is_not_read_as_a_load_trend() -> None:
     assert decision.setting.replicas == CURRENT.replicas, decision.message
 
 
+def test_a_saturated_replica_is_sized_by_what_it_finishes_now() -> None:
+    # One replica settled at 10 req/s with 25 running (2.5 s in server); then a step: its
+    # batch fills (128 running), the queue grows, and the 5-minute finished rate still reads
+    # ~11 req/s. Little's law on those (12 s in server, grown further along the ITL line)
+    # asked 4 replicas at the second tick and 5 at the third (the 3x step in the simulator:
+    # peak 5, now 4; the oracle serves it with 2). A full replica finishes 16.7 req/s now:
+    # the ~34 req/s arriving (with the backlog) need 3.
+    current, memory = Setting(1, 128, 8192), dict(SETTLED)
+    for step in range(12):
+        now = 1000.0 + 30 * step
+        settled = snap(
+            time_s=now, request_rate=10.0, recent_request_rate=10.0, running=25.0,
+            prompt_token_rate=10_000.0, generation_token_rate=2000.0, ready_replicas=1,
+        )  # fmt: skip
+        memory = dict(POLICY.decide(settled, current, SPEC, memory, now).memory)
+    asked = []
+    surge = ((10.3, 12.6, 379.0, 7.7), (11.0, 16.7, 738.0, 25.0), (11.8, 16.8, 1130.0, 35.0))
+    for tick, (rate, recent, waiting, ttft) in enumerate(surge):
+        now = 1360.0 + 30 * tick
+        observed = snap(
+            time_s=now, request_rate=rate, recent_request_rate=recent, running=128.0,
+            waiting=waiting, ttft=ttft, prompt_token_rate=1000 * rate,
+            generation_token_rate=200 * rate, ready_replicas=1,
+        )  # fmt: skip
+        decision = POLICY.decide(observed, current, SPEC, memory, now)
+        current, memory = decision.setting, dict(decision.memory)
+        asked.append(current.replicas)
+    assert asked == [2, 3, 4], asked  # one more each tick as the queue keeps growing
+
+
 def test_itl_violation_lowers_the_batch_limit_once_the_fit_is_confident() -> None:
     # ITL rises 0.5 ms per running request from 15 ms at 40: the goal (21 ms) sits at ~52.
     # The limit (80) binds: replicas run at 75 of it.

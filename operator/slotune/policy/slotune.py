@@ -162,7 +162,10 @@ def _arrival_rate(
 
 
 def _concurrency_model(
-    snapshot: MetricsSnapshot, line: tuple[float, float] | None, arrival: float
+    snapshot: MetricsSnapshot,
+    line: tuple[float, float] | None,
+    arrival: float,
+    saturated: bool = False,
 ) -> Callable[[int], float]:
     """Predicted requests in flight per replica if there were `r` replicas.
 
@@ -173,6 +176,14 @@ def _concurrency_model(
     1/r as load concentrates. (Anchoring matters: the fitted line is of the percentile ITL,
     several times the mean when prefill chunks stall decodes, so it gives the shape of the
     growth, not absolute times.)
+
+    Little's law holds in a steady state only. While requests queue behind full batches
+    (`saturated`), the running gauge sits at the limit and the window's finished rate still
+    reads the load before the surge: their ratio, grown further along the ITL line, sized a
+    3x step's fleet for 5 replicas where the oracle serves it with 2 (bench/RESULTS.md,
+    session 14). A replica with a full batch serves what it finishes now, at the latency it
+    has now: the last minute's finished rate per full batch is its throughput, with no
+    growth beyond.
     """
     rate = snapshot.request_rate or 0.0
     running = snapshot.running or 0.0
@@ -181,6 +192,9 @@ def _concurrency_model(
         total = running + (snapshot.waiting or 0.0)
         return lambda r: total / r
     in_server = running / rate  # seconds per request, by Little's law
+    if saturated:
+        in_server = running / max(rate, snapshot.recent_request_rate or 0.0)
+        return lambda r: arrival * in_server / r
 
     def per_replica(r: int) -> float:
         spread = arrival * in_server / r
@@ -475,7 +489,7 @@ class SlotunePolicy:
             # A falling load is below its window's rate already; the last minute says how far.
             fall = _fall_below_window(snapshot.recent_request_rate, rate, slope, spec.window_s)
             forecast -= min(fall, cfg.max_trend_growth * rate)
-        concurrency = _concurrency_model(snapshot, line, forecast)
+        concurrency = _concurrency_model(snapshot, line, forecast, saturated=queued and binding)
         needed_up = _fewest(concurrency, cfg.target_utilisation * per_replica_cap, ceiling)
         needed_down = _fewest(concurrency, cfg.scale_down_utilisation * per_replica_cap, ceiling)
 
