@@ -183,6 +183,31 @@ def test_where_prompts_are_chunked_each_step_down_waits_for_a_window() -> None:
     assert POLICY.decide(quiet, chunked, SPEC, later, 1000.0).setting.replicas == 3
 
 
+def test_a_rollout_to_chunks_that_fit_is_not_held_by_the_old_stalls() -> None:
+    # A token retune to 512-token chunks rolled out at 800 s; until 1100 s the window's burn
+    # (3% over 25 ms, the budget 5%) is still the 8192-token steps'. A chunk step (8 ms +
+    # 512 x 20 us = 18 ms) fits the 21 ms goal by design: that burn does not hold a quiet
+    # fleet, unless the last minute's load runs above what the smaller fleet is sized for.
+    chunked = replace(CURRENT, max_batched_tokens=512)
+    memory: dict[str, Any] = {
+        "lastRetune": 700.0,
+        "rolloutEnd": 800.0,
+        "lastChange": 700.0,
+        "history": [[900.0, 1]],
+        "steps": {"decode_s": 0.008, "per_token_s": 2e-5},
+    }
+    quiet = snap(
+        running=20.0, ttft=0.1, itl=0.02, itl_over=0.03, request_rate=2.0,
+        recent_request_rate=2.0, prompt_token_rate=2e3,
+    )  # fmt: skip
+    assert POLICY.decide(quiet, chunked, SPEC, memory, 1000.0).setting.replicas == 3
+    climbing = replace(quiet, recent_request_rate=4.0)
+    assert POLICY.decide(climbing, chunked, SPEC, memory, 1000.0).setting.replicas == 4
+    # Chunks that do not fit the goal: the old burn may still be the new one's.
+    slow = {**memory, "steps": {"decode_s": 0.008, "per_token_s": 4e-5}}
+    assert POLICY.decide(quiet, chunked, SPEC, slow, 1000.0).setting.replicas == 4
+
+
 def test_a_fleet_sized_by_prefill_says_so() -> None:
     # 100 req/s of 1000-token prompts cut into 512-token chunks: a step carrying a chunk
     # beside ~60 decodes takes 10 + 25 us x 452 ms, so a replica prefills ~21k tokens/s and,

@@ -591,7 +591,20 @@ class SlotunePolicy:
         # burn is far below the budget (a replica fewer raises it by a third or more).
         itl_over = snapshot.itl_over
         burn_clear = itl_over is not None and itl_over < cfg.clear_burn * budget
-        burn_known = burn_trusted or itl_over is None or burn_clear
+        # Until a token retune has rolled out and served a window, the burn is the old
+        # setting's stalls. Where the new chunks fit beside a decode step within the ITL goal
+        # by design, stalls cannot break it: the burn does not block a step down then, as
+        # long as the last minute's load is no higher than the forecast the step is sized
+        # for (on Azure code standard the fleet held 26 replicas through the rollout to
+        # 1152-token chunks on the burn of the 8192-token steps; bench/RESULTS.md, session 14).
+        chunk_fits = (
+            retuned_in_window
+            and chunked
+            and steps is not None
+            and steps.decode_s + steps.per_token_s * tokens_now <= itl_goal
+            and (snapshot.recent_request_rate or 0.0) <= forecast
+        )
+        burn_known = burn_trusted or itl_over is None or burn_clear or chunk_fits
         # TTFT has a floor that no replica count lowers: a prompt's prefill. Only what is
         # above it (queueing) says a burst is not over, so where that floor is high the bar
         # counts from it. It is the lowest TTFT seen with this batch setting, followed
