@@ -234,7 +234,7 @@ def quiet_with_a_request_waiting_now_and_then(ttft_while_waiting: float) -> list
     """Six minutes of little load; every other tick a request waits and TTFT is as given.
     Without one waiting, p95 TTFT is 350 ms: a big model's prefill, above 60% of target.
     Returns the replicas decided at each tick."""
-    memory: dict[str, Any] = dict(SETTLED)
+    memory: dict[str, Any] = {"lastRetune": 690.0}  # its window over, its cooldown not
     replicas = []
     for tick in range(12):
         now = 1000.0 + 30 * tick
@@ -258,6 +258,34 @@ def test_a_high_prefill_floor_does_not_hold_the_fleet() -> None:
     assert min(quiet_with_a_request_waiting_now_and_then(0.36)) < CURRENT.replicas
     # 450 ms is queueing on top of the floor: the burst may not be over, hold.
     assert set(quiet_with_a_request_waiting_now_and_then(0.45)) == {CURRENT.replicas}
+
+
+def test_the_floor_after_a_retune_to_chunks_is_the_step_model_s() -> None:
+    # A rollout to 512-token chunks ended at 800 s; until 1100 s the window still holds the
+    # whole-prompt steps. A p95 prompt of 3000 x ln(20) = 8,987 tokens takes 17.6 chunk steps
+    # of 10 ms plus 25 us a token: 0.40 s on its own. So 410 ms with a request waiting is
+    # the new floor, not a burst (the bar is 0.40 + 30% of the room to 500 ms): step down.
+    # 470 ms is queueing on top of it: hold.
+    chunked = replace(CURRENT, max_batched_tokens=512)
+    memory: dict[str, Any] = {
+        "lastRetune": 700.0,
+        "rolloutEnd": 800.0,
+        "lastChange": 700.0,
+        "history": [[900.0, 1]],
+        "steps": {"decode_s": 0.010, "per_token_s": 25e-6},
+    }
+    quiet = snap(
+        running=20.0, request_rate=2.0, recent_request_rate=2.0, prompt_token_rate=6000.0,
+        itl=0.012, itl_over=0.0, waiting=1.0, ttft=0.41,
+    )  # fmt: skip
+    assert POLICY.decide(quiet, chunked, SPEC, memory, 1000.0).setting.replicas == 3
+    queueing = replace(quiet, ttft=0.47)
+    assert POLICY.decide(queueing, chunked, SPEC, memory, 1000.0).setting.replicas == 4
+    # A calm TTFT in that window is the old setting's prefill: it teaches no floor. After
+    # the window it does.
+    calm = replace(quiet, waiting=0.0, ttft=0.25)
+    assert "ttftFloor" not in POLICY.decide(calm, chunked, SPEC, memory, 1000.0).memory
+    assert POLICY.decide(calm, chunked, SPEC, memory, 1200.0).memory["ttftFloor"] == 0.25
 
 
 def test_a_queue_does_not_teach_the_prefill_floor() -> None:

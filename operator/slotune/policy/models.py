@@ -234,6 +234,11 @@ class StepModel:
         """The most prefill tokens a step may carry and still end within `goal_s`."""
         return (goal_s - self.decode_s) / self.per_token_s
 
+    def prefill_time(self, prompt: float, tokens: int) -> float:
+        """Seconds to prefill one `prompt`-token prompt on its own in steps of at most
+        `tokens` tokens: a step per chunk, each a decode step plus the chunk's tokens."""
+        return max(1.0, prompt / tokens) * self.decode_s + self.per_token_s * prompt
+
     def prefill_capacity(self, tokens: int, decoding: float = 0.0) -> float:
         """Prompt tokens/s one replica can prefill when every step is full: each decoding
         request takes one token of the step's budget first, prefill gets the rest."""

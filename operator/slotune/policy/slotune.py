@@ -508,6 +508,9 @@ class SlotunePolicy:
                     return replicas
             return ceiling + 1
 
+        # The TTFT percentile p of an exponential distribution, in its means.
+        tail = math.log(1 / (1 - spec.ttft_percentile / 100))
+
         def prefill_bar(capacity: float, utilisation: float) -> float:
             # How busy prefill may run. Prompts queue for it, so a prompt's wait at the TTFT
             # percentile p is ln(1 / (1 - p)) prefill times over (1 - utilisation) (M/M/1: a
@@ -516,7 +519,6 @@ class SlotunePolicy:
             # run busier than the floor; never busier than the ceiling.
             if capacity <= 0:
                 return utilisation
-            tail = math.log(1 / (1 - spec.ttft_percentile / 100))
             wait = cfg.prefill_ttft_share * spec.ttft_target_s
             busiest = 1 - tail * (prompt_share / capacity) / wait
             room = cfg.prefill_utilisation_max - cfg.prefill_utilisation
@@ -609,15 +611,29 @@ class SlotunePolicy:
         # above it (queueing) says a burst is not over, so where that floor is high the bar
         # counts from it. It is the lowest TTFT seen with this batch setting, followed
         # upwards slowly (the prompt mix changes), and learnt only while no request waits
-        # and TTFT meets its target: a queue's TTFT says nothing about prefill.
+        # and TTFT meets its target: a queue's TTFT says nothing about prefill. Nor while the
+        # window still holds the setting before a retune, whose prefill it is; until then the
+        # floor is the step model's: the prefill of the prompt at the TTFT percentile (an
+        # exponential prompt mix: ln(1 / (1 - p)) mean prompts) in steps of the new budget.
+        # (On Azure code interactive the floor learnt in the window of the rollout to
+        # 390-token chunks was the 8192-token steps', 0.28 s, where chunked prompts take
+        # ~0.4 s: for 15 minutes every waiting request held 32 replicas where the models
+        # asked for 10-26; bench/RESULTS.md, session 15.)
         ttft_floor = mem.get("ttftFloor")
-        calm = ttft is not None and ttft <= spec.ttft_target_s and not snapshot.waiting
+        calm = (
+            ttft is not None
+            and ttft <= spec.ttft_target_s
+            and not snapshot.waiting
+            and not retuned_in_window
+        )
         if calm and ttft is not None:
             drift = cfg.ttft_floor_drift
             ttft_floor = (
                 ttft if ttft_floor is None else min(ttft, ttft_floor + drift * (ttft - ttft_floor))
             )
             mem["ttftFloor"] = ttft_floor
+        if retuned_in_window and steps is not None and prompt_share > 0:
+            ttft_floor = steps.prefill_time(tail * prompt_share, tokens_now)
         ttft_floor = min(ttft_floor or 0.0, spec.ttft_target_s)
         ttft_bar = max(
             cfg.ttft_scale_down_bar * spec.ttft_target_s,
