@@ -230,6 +230,37 @@ def test_a_fleet_sized_by_prefill_says_so() -> None:
     assert decision.setting.replicas == 6 and "at 85% of capacity" in decision.message
 
 
+def prefill_bound_for_ten_minutes(ttft: float) -> tuple[int, float]:
+    """21 req/s of 3000-token prompts on 4 replicas at 512-token chunks (2 s TTFT target),
+    each window's p95 TTFT as given. Returns the last decision's replicas and the learnt
+    scale of the queueing model."""
+    lenient = replace(SPEC, ttft_target_s=2.0, itl_target_s=0.06)
+    chunked = replace(CURRENT, max_batched_tokens=512)
+    memory: dict[str, Any] = {"steps": {"decode_s": 0.010, "per_token_s": 25e-6}}
+    for tick in range(20):
+        now = 1000.0 + 30 * tick
+        busy = snap(
+            time_s=now, request_rate=21.0, recent_request_rate=21.0, prompt_token_rate=63_000.0,
+            running=60.0, itl=0.03, itl_over=0.0, ttft=ttft,
+        )  # fmt: skip
+        decision = POLICY.decide(busy, chunked, lenient, memory, now)
+        memory = dict(decision.memory)
+    return decision.setting.replicas, memory.get("ttftScale", 1.0)
+
+
+def test_the_prefill_queue_model_is_scaled_to_the_ttft_windows_show() -> None:
+    # Prefill runs ~71% busy: a 3000-token prompt takes 0.135 s, and M/M/1 puts the p95
+    # TTFT at ln(20) x 0.135 / 0.29 = 1.4 s, above 60% of the target, so the 70% bar asks
+    # for a fifth replica. Where the windows show that (1.4 s), it stays so.
+    assert prefill_bound_for_ten_minutes(1.4) == (5, pytest.approx(1.0, abs=0.01))
+    # Where they show half of it, the queue is shorter than the model's (regular prompts and
+    # arrivals): the model is scaled by what is seen, prefill may run busier, 4 hold.
+    replicas, scale = prefill_bound_for_ten_minutes(0.7)
+    assert replicas == 4 and 0.45 < scale < 0.6
+    # A TTFT above the model's never scales it up: the 70% floor of the bar stays.
+    assert prefill_bound_for_ten_minutes(1.9) == (5, 1.0)
+
+
 def quiet_with_a_request_waiting_now_and_then(ttft_while_waiting: float) -> list[int]:
     """Six minutes of little load; every other tick a request waits and TTFT is as given.
     Without one waiting, p95 TTFT is 350 ms: a big model's prefill, above 60% of target.

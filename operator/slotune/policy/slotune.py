@@ -37,7 +37,8 @@ The idea, in four steps each cycle:
    the median of what is over target, or, once prompts are cut into chunks, the median of the
    steps that carry one), and the same step model caps the prompt tokens/s a replica can
    prefill at a given budget: at 70% of it, or busier (up to 85%) where a prompt's queueing
-   for prefill at the TTFT percentile still fits in 60% of the target.
+   for prefill at the TTFT percentile still fits in 60% of the target (an M/M/1 queue, scaled
+   down to the TTFT that settled windows show where they show less).
 
 Everything it needs to remember (fit statistics, recommendation history, cooldowns) is in the
 small `memory` dict that the operator keeps in the LLMService status.
@@ -107,6 +108,11 @@ class SlotuneConfig:
     prefill_utilisation_down: float = 0.6  # ... and to remove a replica
     prefill_utilisation_max: float = 0.85  # both up to 0.15 higher where TTFT allows
     prefill_ttft_share: float = 0.6  # ... by keeping the wait for prefill in this share
+    # The queueing model's TTFT, scaled down to what calm windows showed (never up: the
+    # floors stay where they are), learnt only from windows at least this busy in prefill,
+    # where the queue's part of TTFT is what the scale is learnt from.
+    ttft_calibration_load: float = 0.4
+    ttft_calibration_weight: float = 0.3  # how fast the scale follows new windows
     step_model_weight: float = 0.3  # how fast the step model follows new measurements
     chunk_headroom: float = 1.5  # shrink prefill chunks only if the goal is >= 1.5 decode steps
     chunk_change: float = 0.7  # ... and only to at most 70% of the chunk they replace
@@ -520,13 +526,35 @@ class SlotunePolicy:
             if capacity <= 0:
                 return utilisation
             wait = cfg.prefill_ttft_share * spec.ttft_target_s
-            busiest = 1 - tail * (prompt_share / capacity) / wait
+            busiest = 1 - calibration * tail * (prompt_share / capacity) / wait
             room = cfg.prefill_utilisation_max - cfg.prefill_utilisation
             return utilisation + min(room, max(0.0, busiest - cfg.prefill_utilisation))
 
         queue_needs = needed_up
         budget = 1 - spec.itl_percentile / 100
         tokens_now = current.max_batched_tokens
+        # How far prefill_bar's queueing model overstates TTFT. M/M/1 assumes exponential
+        # prompts and arrivals; where they are more regular, the queue is shorter: on the 70B
+        # diurnal day (1,150-token prompts in 418-token chunks) p95 TTFT was 0.66-0.8 of the
+        # model's at 62-86% prefill load, and the fleet ran at 55% (bench/RESULTS.md, session
+        # 16). Learnt from the window's own TTFT where prefill is busy enough for the queue to
+        # matter, in a settled window of this batch setting.
+        calibration = float(mem.get("ttftScale", 1.0))
+        decoding = min(per_replica, float(current.max_num_seqs))
+        capacity_here = steps.prefill_capacity(tokens_now, decoding) if steps else 0.0
+        serving = mean_ready or ready
+        prefill_load = prompt_rate / (serving * capacity_here) if capacity_here else 0.0
+        if (
+            measured_load is not None
+            and snapshot.ttft is not None
+            and snapshot.ttft <= spec.ttft_target_s
+            and tokens_now < prompt_share
+            and cfg.ttft_calibration_load <= prefill_load < 1
+        ):
+            modelled = tail * (prompt_share / capacity_here) / (1 - prefill_load)
+            weight = cfg.ttft_calibration_weight
+            calibration = (1 - weight) * calibration + weight * min(1.0, snapshot.ttft / modelled)
+            mem["ttftScale"] = calibration
         prefill_up = prefill_needs(forecast, tokens_now, cfg.prefill_utilisation)
         needed_up = max(needed_up, prefill_up)
         needed_down = max(
@@ -779,6 +807,7 @@ class SlotunePolicy:
             mem["rolloutEnd"] = now_s + rollout_rounds(max(target, current.replicas)) * cfg.lead_s
             mem.pop("burnModels", None)  # the budget model describes one batch setting
             mem.pop("ttftFloor", None)  # ... and so does the prefill time
+            mem.pop("ttftScale", None)  # ... and its queue
         if tokens != current.max_batched_tokens:
             # Shorter stalls change ITL at every batch size: learn the line again too.
             mem.pop("fit", None)
