@@ -112,6 +112,27 @@ class DemoReport:
             previous = s.replicas
         return first, back
 
+    def _scale_down_sentence(self, first_down: float | None, back: float | None) -> str:
+        if back is not None:
+            return (
+                f"first replica removed {_secs(first_down)} after the surge ended; back to the "
+                f"pre-surge count {_secs(back)} after."
+            )
+        # The run can end before the fleet is back: say where it stood and why, not "n/a".
+        _, end = self._bound("surge")
+        ran_s = sum(d for _, d, _ in self.plan_phases) - end
+        final = self.samples[-1].replicas if self.samples else 0
+        removed = (
+            f"first replica removed {_secs(first_down)} after the surge ended"
+            if first_down is not None
+            else "no replica removed"
+        )
+        return (
+            f"{removed}; {final} replicas when the load ended {ran_s:.0f}s after the surge "
+            "(replicas go one bounded step at a time, each after the scale-down stabilisation "
+            "window has seen the smaller count suffice)."
+        )
+
     def client_stats(self, label: str) -> dict[str, float | None]:
         start, end = self._bound(label)
         done = [r for r in self.run.results if start <= r.sent_s < end]
@@ -153,10 +174,7 @@ class DemoReport:
             )
         else:
             lines.append(f"- p95 TTFT (operator's view) stayed under {ttft_ms:.0f} ms throughout.")
-        lines.append(
-            f"- Scale-down: first replica removed {_secs(first_down)} after the surge ended; "
-            f"back to the pre-surge count {_secs(back)} after."
-        )
+        lines.append(f"- Scale-down: {self._scale_down_sentence(first_down, back)}")
         peak = self.peak_replicas()
         duration = sum(d for _, d, _ in self.plan_phases)
         lines.append(

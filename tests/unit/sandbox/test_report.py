@@ -51,6 +51,21 @@ def test_findings() -> None:
     assert surge["ttft_attainment"] == 0.0
 
 
+def test_a_run_that_ends_before_the_fleet_is_back_says_where_it_stood() -> None:
+    report = _report()
+    assert "back to the pre-surge count 15s after." in report.summary()
+    report.samples = report.samples[:-1]  # the run ends at 2 replicas
+    text = report.summary()
+    assert "n/a" not in text
+    assert "first replica removed 5s after the surge ended; 2 replicas when the load ended " in (
+        text
+    )
+    report.samples = report.samples[:-1]  # ... at 3, nothing removed yet
+    assert "no replica removed; 3 replicas when the load ended 30s after the surge" in (
+        report.summary()
+    )
+
+
 def test_writes_markdown_and_png(tmp_path: Path) -> None:
     md, png = write_report(_report(), tmp_path)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
