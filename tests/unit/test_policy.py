@@ -164,6 +164,28 @@ def test_over_provisioned_scales_down_only_after_stabilisation() -> None:
     assert decision.setting.replicas == 3  # at most a quarter fewer per step (it needs 1)
 
 
+def after_five_quiet_minutes(waiting: float) -> int:
+    """Replicas after five minutes of a quiet service with `waiting` requests on every other
+    tick, at 20 req/s on 4 replicas."""
+    quiet = snap(running=24.0, ttft=0.1, itl=0.012, request_rate=20.0)
+    memory: dict[str, Any] = dict(SETTLED)
+    for step, t in enumerate(range(1000, 1000 + 330, 30)):
+        now = replace(quiet, time_s=t, waiting=waiting if step % 2 else 0.0)
+        decision = POLICY.decide(now, CURRENT, SPEC, memory, float(t))
+        memory = dict(decision.memory)
+    return decision.setting.replicas
+
+
+def test_requests_waiting_their_turn_do_not_hold_the_fleet() -> None:
+    # Where prompts are cut into chunks a few requests always wait for their next step (on
+    # the Azure conversation trace 5-23 on 12 replicas); fewer than a second's arrivals are
+    # not a queue and must not keep the fleet from shrinking. Thirty, a second and a half of
+    # arrivals, are.
+    assert after_five_quiet_minutes(0.0) == 3
+    assert after_five_quiet_minutes(10.0) == 3
+    assert after_five_quiet_minutes(30.0) == 4
+
+
 def test_where_prompts_are_chunked_each_step_down_waits_for_a_window() -> None:
     # A quiet service, the ITL burn far under budget, 150 s after the last change (more than
     # the spacing between steps down, less than a window). With budgets that hold a mean

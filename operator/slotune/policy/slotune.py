@@ -367,7 +367,8 @@ class SlotunePolicy:
         # chunks a few always wait their turn (on the Azure conversation trace 5-23 waited on
         # 12 replicas at 130 req/s with nothing over the ITL target), and counting those
         # kept the budget model from learning for 20 minutes (bench/RESULTS.md, session 13).
-        if waiting > ready and waiting > cfg.unsettling_queue_s * rate:
+        real_queue = waiting > ready and waiting > cfg.unsettling_queue_s * rate
+        if real_queue:
             mem["queuedAt"] = now_s
         if waiting > cfg.backlog_fraction * rate * spec.window_s:
             mem["backlogAt"] = now_s
@@ -667,8 +668,11 @@ class SlotunePolicy:
             cfg.ttft_scale_down_bar * spec.ttft_target_s,
             ttft_floor + cfg.ttft_floor_room * (spec.ttft_target_s - ttft_floor),
         )
+        # Nor while a queue waits; requests waiting their turn for a chunk are not one (on
+        # the Azure conversation trace they held each step down of the second half hour
+        # back by minutes; bench/RESULTS.md, session 17).
         safe_to_shrink = (
-            not queued
+            not real_queue
             and burn_known
             and (ttft is None or ttft < ttft_bar or (snapshot.waiting or 0.0) == 0.0)
         )
