@@ -5,13 +5,14 @@ each, nothing tuned per scenario) and prints one markdown table per run, ready f
 bench/RESULTS.md. Usage:
 
     .venv/bin/python bench/bench_policy.py [--quick | --sweep | --held-out] [--model PROFILE]
-        [--scenarios a,b] [--slo standard|interactive] [--seed N] [--out DIR]
+        [--scenarios a,b] [--slo standard|interactive] [--seed N] [--out DIR] [--jobs N]
 
 `--quick` keeps the two 1-hour synthetic scenarios only (a few minutes on 2 cores); the full
 set adds the Azure conversation and code traces scaled x20 and the Mooncake trace. `--sweep`
 instead runs each baseline over its main setting (HPA utilisation target, KPA concurrency
 target, static replica count as shares of slotune's peak) on the quick scenarios, or on those
-`--scenarios` names, to draw its GPU-hours vs attainment curve. `--seed` draws another
+`--scenarios` names, to draw its GPU-hours vs attainment curve (printed, and plotted into
+DIR/sweep.png; `--jobs 2` runs two settings at a time). `--seed` draws another
 superimposition of the scaled Azure traces (and other synthetic arrivals): one seed is one draw.
 `--held-out` runs scenarios the policy was never tuned on (other GPUs, an FP8 model, SLO
 classes between the two, p99 targets, vLLM's default buckets, on/off bursts, constant load)
@@ -27,6 +28,7 @@ import platform
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -168,10 +170,10 @@ def cheapest_match(results: list[tuple[str, str, float, float]]) -> str:
 
 
 def sweep(
-    name: str, args: list[str], slo: str, out: Path, model: str, seed: int
-) -> tuple[str, str]:
-    """Each baseline setting on its own run; slotune's default next to them. Returns the
-    table and the summary row."""
+    name: str, args: list[str], slo: str, out: Path, model: str, seed: int, jobs: int = 1
+) -> tuple[str, str, list[dict[str, Any]]]:
+    """Each baseline setting on its own run (`jobs` at a time); slotune's default next to
+    them. Returns the table, the summary row and the runs (for `plot_sweeps`)."""
     ttft, itl = SLO_CLASSES[slo]
 
     def one(policy: str, field: str = "", value: str = "") -> dict[str, Any]:
@@ -194,7 +196,9 @@ def sweep(
     low, high = (max(1, round(share * peak)) for share in STATIC_RANGE)
     static_counts = range(low, high + 1, max(1, math.ceil((high - low) / STATIC_COUNTS)))
     settings = [*SWEEPS.items(), ("static", ("replicas", tuple(map(str, static_counts))))]
-    runs += [one(policy, field, value) for policy, (field, values) in settings for value in values]
+    chosen = [(policy, field, value) for policy, (field, values) in settings for value in values]
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        runs += list(pool.map(lambda setting: one(*setting), chosen))
     rows = ["| policy | setting | GPU-h | windows ok | goodput |", "|---|---|---|---|---|"]
     rows += [
         f"| {r['policy']} | {r['label']} | {r['gpu_hours']:.3g} | "
@@ -203,7 +207,50 @@ def sweep(
     ]
     results = [(r["policy"], r["label"], r["gpu_hours"], r["window_attainment"]) for r in runs]
     table = f"#### sweep: {name}, {slo}\n\n" + "\n".join(rows) + "\n"
-    return table, f"| {name}, {slo} " + cheapest_match(results)
+    return table, f"| {name}, {slo} " + cheapest_match(results), runs
+
+
+def plot_sweeps(sweeps: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """One panel per scenario x class: each baseline's GPU-hours against the windows it
+    holds, one point per setting joined in the order swept, and slotune's one default
+    configuration as a star. Up and to the left is better; the dotted line is the 99%
+    target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(2, len(sweeps))
+    rows = math.ceil(len(sweeps) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 4.6 * rows), squeeze=False)
+    for ax in axes.flat[len(sweeps) :]:
+        ax.set_visible(False)
+    for ax, (title, runs) in zip(axes.flat, sweeps.items(), strict=False):
+        for policy in dict.fromkeys(r["policy"] for r in runs[1:]):
+            points = [r for r in runs[1:] if r["policy"] == policy]
+            x = [r["gpu_hours"] for r in points]
+            y = [100 * r["window_attainment"] for r in points]
+            (line,) = ax.plot(x, y, marker="o", ms=4, lw=1, label=policy)
+            for r, xi, yi in zip(points, x, y, strict=True):
+                setting = r["label"].split("=", 1)[-1]
+                ax.annotate(setting, (xi, yi), fontsize=7, color=line.get_color(),
+                            xytext=(3, 3), textcoords="offset points")  # fmt: skip
+        mine = runs[0]
+        ax.plot(
+            mine["gpu_hours"], 100 * mine["window_attainment"], marker="*", ms=16,
+            color="crimson", ls="none", label="slotune (default)", zorder=5,
+        )  # fmt: skip
+        ax.axhline(99, color="grey", ls=":", lw=1)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("GPU-hours")
+        ax.set_ylabel("windows meeting the SLO (%)")
+        ax.set_ylim(-5, 105)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("Baselines swept over their main setting against slotune's one configuration")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> int:
@@ -220,6 +267,9 @@ def main() -> int:
     )
     parser.add_argument("--slo", choices=list(SLO_CLASSES), help="one SLO class (default: both)")
     parser.add_argument("--seed", type=int, default=0, help="the simulator's seed (default: 0)")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="sweep runs at a time (default: 1; one per core)"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"command: {' '.join(sys.argv)}")
@@ -244,16 +294,23 @@ def main() -> int:
         "| slotune against it |",
         "|---|---|---|---|",
     ]
+    swept: dict[str, list[dict[str, Any]]] = {}
     for slo in [args.slo] if args.slo else SLO_CLASSES:
         for name, scenario in chosen.items():
             if args.sweep:
-                table, row = sweep(name, scenario, slo, args.out, args.model, args.seed)
+                table, row, runs = sweep(
+                    name, scenario, slo, args.out, args.model, args.seed, args.jobs
+                )
                 print(table, flush=True)
                 summary.append(row)
+                swept[f"{name}, {slo} ({args.model})"] = runs
             else:
                 print(run(name, scenario, slo, args.out, args.model, args.seed), flush=True)
     if args.sweep:
         print("\n".join(summary))
+        figure = args.out / "sweep.png"
+        plot_sweeps(swept, figure)
+        print(f"\nplot: {figure}")
     return 0
 
 
