@@ -199,6 +199,13 @@ def sweep(
     chosen = [(policy, field, value) for policy, (field, values) in settings for value in values]
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         runs += list(pool.map(lambda setting: one(*setting), chosen))
+        # The grid steps by several replicas on large fleets; the cheapest static fleet that
+        # holds slotune's attainment lies between the grid's last count short of it and its
+        # first count reaching it, so every count in between is run too.
+        between = static_gap(runs[1:], runs[0]["window_attainment"])
+        extra = list(pool.map(lambda count: one("static", "replicas", str(count)), between))
+    runs += extra
+    runs[1:] = sorted(runs[1:], key=lambda r: (r["policy"], _setting_value(r["label"])))
     rows = ["| policy | setting | GPU-h | windows ok | goodput |", "|---|---|---|---|---|"]
     rows += [
         f"| {r['policy']} | {r['label']} | {r['gpu_hours']:.3g} | "
@@ -208,6 +215,25 @@ def sweep(
     results = [(r["policy"], r["label"], r["gpu_hours"], r["window_attainment"]) for r in runs]
     table = f"#### sweep: {name}, {slo}\n\n" + "\n".join(rows) + "\n"
     return table, f"| {name}, {slo} " + cheapest_match(results), runs
+
+
+def _setting_value(label: str) -> float:
+    return float(label.split("=", 1)[1]) if "=" in label else -math.inf
+
+
+def static_gap(runs: list[dict[str, Any]], attainment: float) -> list[int]:
+    """Static replica counts the grid skipped between its largest count short of
+    `attainment` and its smallest count reaching it (static attainment grows with the count)."""
+    counts = {int(_setting_value(r["label"])): r["window_attainment"] for r in runs
+              if r["policy"] == "static"}  # fmt: skip
+    reaching = [c for c, a in counts.items() if a >= attainment - 1e-9]
+    if not reaching:
+        return []
+    first = min(reaching)
+    short = [c for c in counts if c < first]
+    if not short:  # the grid's smallest fleet already reaches it
+        return []
+    return list(range(max(short) + 1, first))
 
 
 def plot_sweeps(sweeps: dict[str, list[dict[str, Any]]], path: Path) -> None:

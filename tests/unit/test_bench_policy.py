@@ -78,3 +78,13 @@ def test_the_sweep_plot_has_a_panel_per_scenario(bench: ModuleType, tmp_path: Pa
     height, width = image.shape[:2]
     assert width > height  # three panels on two columns: two rows of wide panels
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_static_grid_is_filled_in_where_it_first_reaches_slotune(bench: ModuleType) -> None:
+    grid = [
+        run("hpa", "target=0.5", 9.0, 1.0),
+        *(run("static", f"replicas={n}", n, 1.0 if n >= 21 else 0.75) for n in (13, 17, 21, 25)),
+    ]
+    assert bench.static_gap(grid, 1.0) == [18, 19, 20]
+    assert bench.static_gap(grid, 0.5) == []  # the smallest fleet already reaches it
+    assert bench.static_gap(grid[:3], 1.0) == []  # none reaches it: nothing to fill in
