@@ -272,7 +272,7 @@ def plot_sweeps(sweeps: dict[str, list[dict[str, Any]]], path: Path) -> None:
         ax.set_ylabel("windows meeting the SLO (%)")
         ax.set_ylim(-5, 105)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
     fig.suptitle("Baselines swept over their main setting against slotune's one configuration")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
