@@ -238,7 +238,7 @@ def static_gap(runs: list[dict[str, Any]], attainment: float) -> list[int]:
 
 def plot_sweeps(sweeps: dict[str, list[dict[str, Any]]], path: Path) -> None:
     """One panel per scenario x class: each baseline's GPU-hours against the windows it
-    holds, one point per setting joined in the order swept, and slotune's one default
+    holds, one point per setting joined in the setting's order, and slotune's one default
     configuration as a star. Up and to the left is better; the dotted line is the 99%
     target."""
     import matplotlib
@@ -294,7 +294,10 @@ def main() -> int:
     parser.add_argument("--slo", choices=list(SLO_CLASSES), help="one SLO class (default: both)")
     parser.add_argument("--seed", type=int, default=0, help="the simulator's seed (default: 0)")
     parser.add_argument(
-        "--jobs", type=int, default=1, help="sweep runs at a time (default: 1; one per core)"
+        "--jobs",
+        type=int,
+        default=1,
+        help="sweep runs at a time (default: 1; one per core at most)",
     )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
