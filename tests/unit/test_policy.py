@@ -61,6 +61,23 @@ def test_stale_metrics_hold() -> None:
     assert decision.reason == "MetricsStale" and decision.setting == CURRENT
 
 
+def test_no_ready_replica_holds() -> None:
+    # Replicas still starting: no latency says anything about the setting yet.
+    decision = POLICY.decide(snap(ready_replicas=0, ttft=5.0), CURRENT, SPEC, {}, 1000.0)
+    assert decision.reason == "Stabilizing" and decision.setting == CURRENT
+
+
+def test_e2e_violation_adds_a_replica() -> None:
+    spec = replace(SPEC, e2e_target_s=4.0, e2e_percentile=95.0)
+    within = POLICY.decide(snap(e2e=3.5), CURRENT, spec, SETTLED, 1000.0)
+    assert within.reason == "Steady" and within.setting == CURRENT
+    decision = POLICY.decide(snap(e2e=6.0), CURRENT, spec, SETTLED, 1000.0)
+    assert decision.reason == "E2EAboveTarget" and "6.00s > 4s" in decision.message
+    assert decision.setting.replicas == CURRENT.replicas + 1
+    # Without an E2E target the same latency is not a violation.
+    assert POLICY.decide(snap(e2e=6.0), CURRENT, SPEC, SETTLED, 1000.0).reason == "Steady"
+
+
 def test_ttft_violation_scales_up_at_once() -> None:
     decision = POLICY.decide(snap(ttft=1.5, waiting=200), CURRENT, SPEC, SETTLED, 1000.0)
     assert decision.reason == "TTFTAboveTarget"
@@ -468,6 +485,35 @@ def test_constant_load_converges_without_flapping(rate: float) -> None:
     final = plant(current, rate, 0)
     assert final.ttft is not None and final.ttft <= SPEC.ttft_target_s
     assert final.itl is not None and final.itl <= SPEC.itl_target_s
+
+
+def plant_rate(replicas: int, per_replica: float) -> float:
+    """The request rate at which `plant` runs `per_replica` requests on each replica."""
+    a, b, out = 0.006, 0.00008, 200
+    return replicas * per_replica / (out * (a + b * per_replica))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 12), st.floats(0.15, 0.85))
+def test_inside_the_deadband_nothing_changes(replicas: int, position: float) -> None:
+    # Between the load at which the policy adds a replica (each at 75% of the batch limit)
+    # and the one at which it removes one (the smaller fleet still under 60%), with every
+    # latency within target, it holds: every tick for ten minutes, through the stabilisation
+    # window and while the ITL budget model learns.
+    limit = CURRENT.max_num_seqs
+    cfg = POLICY.config
+    low = 0.0 if replicas == 1 else plant_rate(replicas - 1, cfg.scale_down_utilisation * limit)
+    high = plant_rate(replicas, cfg.target_utilisation * limit)
+    rate = low + position * (high - low)
+    current = Setting(replicas, limit, 8192)
+    memory: dict[str, Any] = {}
+    for step in range(20):
+        now = 1000.0 + 30 * step
+        observed = replace(plant(current, rate, now), prompt_token_rate=1000 * rate)
+        decision = POLICY.decide(observed, current, SPEC, memory, now)
+        assert decision.setting == current, (step, decision.reason, decision.message)
+        assert decision.reason == "Steady"
+        memory = dict(decision.memory)
 
 
 def test_a_limit_that_does_not_bind_is_left_alone() -> None:
