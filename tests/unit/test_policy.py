@@ -269,6 +269,23 @@ def test_a_fleet_sized_by_prefill_says_so() -> None:
     assert decision.setting.replicas == 6 and "at 85% of capacity" in decision.message
 
 
+def test_a_decision_predicts_the_quantiles_under_its_setting() -> None:
+    # The fleet above: 7 replicas run prefill ~66% busy at ~21.8k tokens/s each, so a
+    # 1000-token prompt's p95 TTFT is ln(20) x 46 ms / (1 - 0.66) = 0.40 s: under target.
+    chunked = replace(CURRENT, max_batched_tokens=512)
+    memory = SETTLED | {"steps": {"decode_s": 0.010, "per_token_s": 25e-6}}
+    busy = snap(request_rate=100.0, prompt_token_rate=100_000.0)
+    decision = POLICY.decide(busy, chunked, SPEC, memory, 1000.0)
+    assert decision.setting.replicas == 7
+    assert 0.35 < decision.predicted["ttft"] < 0.45
+    assert 0 < decision.predicted["itl"] < SPEC.itl_target_s
+    # Held to 5 replicas by the GPU budget, prefill would run ~93% busy: over target.
+    capped = POLICY.decide(busy, chunked, replace(SPEC, gpu_budget=5), memory, 1000.0)
+    assert capped.setting.replicas == 5 and capped.predicted["ttft"] > SPEC.ttft_target_s
+    # No step model learnt yet: no TTFT prediction, rather than a guess.
+    assert "ttft" not in POLICY.decide(busy, chunked, SPEC, SETTLED, 1000.0).predicted
+
+
 def prefill_bound_for_ten_minutes(ttft: float) -> tuple[int, float]:
     """21 req/s of 3000-token prompts on 4 replicas at 512-token chunks (2 s TTFT target),
     each window's p95 TTFT as given. Returns the last decision's replicas and the learnt

@@ -96,6 +96,24 @@ class Observed(ApiModel):
     sampled_at: str | None = Field(default=None, description="When the metrics were read.")
 
 
+class Predicted(ApiModel):
+    """What the policy predicts the window quantiles will be under the knobs it chose, at
+    the load it forecasts, once they are in place. At the SLO's percentiles, in seconds; a
+    quantile whose model is not learnt yet is absent."""
+
+    ttft: Seconds | None = Field(
+        default=None,
+        description=(
+            "Time to first token (s): the prefill queue's model (prefill capacity at the "
+            "token budget, queueing at the forecast load, scaled to what calm windows showed)."
+        ),
+    )
+    itl: Seconds | None = Field(
+        default=None,
+        description="Inter-token latency (s): the ITL fitted against requests per replica.",
+    )
+
+
 class Decision(ApiModel):
     """A tuning decision and whether it was applied."""
 
@@ -108,6 +126,10 @@ class Decision(ApiModel):
     reason: str = Field(description="Reason code, e.g. TTFTAboveTarget, OverProvisioned.")
     message: str = Field(default="", description="One sentence on why.")
     applied: bool = Field(default=False, description="False in advise mode or while paused.")
+    predicted: Predicted | None = Field(
+        default=None,
+        description="The window quantiles the policy predicts under the knobs after (`to`).",
+    )
 
 
 class AlertBucket(ApiModel):

@@ -88,6 +88,15 @@ def observed_status(snapshot: MetricsSnapshot, now: datetime) -> dict[str, Any]:
     return observed
 
 
+def _predicted_text(predicted: Mapping[str, float], spec: LLMServiceSpec) -> str:
+    percentiles = {"ttft": spec.slo.ttft.percentile, "itl": spec.slo.itl.percentile}
+    parts = [
+        f"p{percentiles[name]:g} {name.upper()} {1000 * value:.{0 if value >= 0.1 else 1}f}ms"
+        for name, value in predicted.items()
+    ]
+    return f"; predicted {', '.join(parts)}" if parts else ""
+
+
 @dataclass
 class TuningOutcome:
     knobs: Knobs
@@ -145,6 +154,10 @@ def tune(
         "message": decision.message,
         "applied": applied and action != "Hold",
     }
+    # Rounded to a tenth of a millisecond: the record is rewritten only when it changes.
+    predicted = {k: round(v, 4) for k, v in decision.predicted.items() if k in ("ttft", "itl")}
+    if predicted:
+        record["predicted"] = predicted
     outcome = TuningOutcome(_knobs(wanted) if applied else knobs)
     previous = dict(status.get("lastDecision") or {})
     previous.pop("time", None)
@@ -159,7 +172,7 @@ def tune(
                 action,
                 f"{verb}: replicas {current.replicas}->{wanted.replicas}, maxNumSeqs "
                 f"{current.max_num_seqs}->{wanted.max_num_seqs} ({decision.reason}: "
-                f"{decision.message})",
+                f"{decision.message}){_predicted_text(predicted, spec)}",
             )
         )
     return outcome

@@ -822,9 +822,23 @@ class SlotunePolicy:
         # The engine refuses a token budget below its sequence limit.
         tokens = _clamp(max(tokens, retune), tokens_low, tokens_high)
         retune = min(retune, tokens)
+        # What the chosen setting should show at the forecast load, once in place: the ITL
+        # line at the concurrency a replica will carry, and the prefill queue's TTFT (an M/M/1
+        # sojourn at the percentile, scaled as calm windows showed). Absent where the model
+        # behind one is not learnt yet, never a guess.
         predicted = {}
-        if line is not None and ready:
+        serving_then = max(target, 1)
+        per_replica_then = min(float(retune), concurrency(serving_then))
+        if line is not None:
             a, b = line
-            predicted["itl"] = a + b * min(retune, demand / max(target, 1))
+            predicted["itl"] = a + b * per_replica_then
+        if steps is not None and prompt_share > 0:
+            capacity_then = steps.prefill_capacity(tokens, per_replica_then)  # tokens/s
+            busy = (
+                forecast * prompt_share / (serving_then * capacity_then) if capacity_then else 1.0
+            )
+            if busy < 1:
+                prefill_s = prompt_share / capacity_then
+                predicted["ttft"] = calibration * tail * prefill_s / (1 - busy)
         setting = replace(current, replicas=target, max_num_seqs=retune, max_batched_tokens=tokens)
         return Decision(setting, reason, message, predicted=predicted, memory=mem)

@@ -128,6 +128,9 @@ class TimelinePoint:
     reason: str  # of the latest decision
     seen_ttft: float | None  # what the policy saw at its latest tick
     seen_itl: float | None
+    # What its latest decision predicted the window quantiles would be under its setting.
+    predicted_ttft: float | None = None
+    predicted_itl: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,6 +415,7 @@ def simulate(
     decisions: list[DecisionRecord] = []
     scale_actions = 0
     last_reason = "Initial"
+    last_predicted: Mapping[str, float] = {}
     seen: MetricsSnapshot | None = None
     gpu_seconds: float | None = None
 
@@ -458,6 +462,7 @@ def simulate(
                 scale_actions += 1
             action = decision.action(current)
             last_reason = decision.reason
+            last_predicted = decision.predicted
             seen = snapshot
             decisions.append(
                 DecisionRecord(
@@ -498,6 +503,8 @@ def simulate(
                     reason=last_reason,
                     seen_ttft=seen.ttft if seen is not None else None,
                     seen_itl=seen.itl if seen is not None else None,
+                    predicted_ttft=last_predicted.get("ttft"),
+                    predicted_itl=last_predicted.get("itl"),
                 )
             )
             arrivals_in_step = 0

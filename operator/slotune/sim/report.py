@@ -204,6 +204,12 @@ def to_json(comparison: Comparison) -> dict[str, Any]:
             "max_num_seqs": [p.max_num_seqs for p in t],
             "max_batched_tokens": [p.max_batched_tokens for p in t],
             "reason": [p.reason for p in t],
+            # The window quantiles the policy saw at its latest tick, and what its latest
+            # decision predicted them to be under the setting it chose.
+            "seen_ttft": [p.seen_ttft for p in t],
+            "seen_itl": [p.seen_itl for p in t],
+            "predicted_ttft": [p.predicted_ttft for p in t],
+            "predicted_itl": [p.predicted_itl for p in t],
         }
     oracle: dict[str, Any] | None = None
     if comparison.oracle is not None:
