@@ -829,7 +829,8 @@ class SlotunePolicy:
         predicted = {}
         serving_then = max(target, 1)
         per_replica_then = min(float(retune), concurrency(serving_then))
-        if line is not None:
+        # (The ITL line is of the current token budget's steps; a new one changes the stalls.)
+        if line is not None and tokens == current.max_batched_tokens:
             a, b = line
             predicted["itl"] = a + b * per_replica_then
         if steps is not None and prompt_share > 0:

@@ -185,6 +185,8 @@ class Decision:
     setting: Setting
     reason: Reason
     message: str
+    # The window quantiles expected under `setting` at the forecast load, in seconds, by name
+    # ("ttft", "itl"); a name is absent where the model behind it is not learnt.
     predicted: Mapping[str, float] = field(default_factory=dict)
     memory: Mapping[str, Any] = field(default_factory=dict)
 
