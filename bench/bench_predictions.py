@@ -6,7 +6,7 @@ with slotune alone on each scenario x SLO class and pairs each prediction with t
 quantile the policy saw one SLO window later, where the setting stayed the same and fully in
 place for that whole window (a window that mixes settings describes neither). It prints, per
 run and quantity, the pairs, the median of predicted / observed and the shares within 25%
-and 50%. Usage:
+and 50%, and plots each pair (DIR/predictions.png). Usage:
 
     .venv/bin/python bench/bench_predictions.py [--quick] [--seed N] [--out DIR] [--jobs N]
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import subprocess
@@ -85,7 +86,52 @@ def _row(name: str, quantity: str, stats: dict[str, float]) -> str:
     )
 
 
-def run_one(name: str, args: list[str], slo: str, out: Path, seed: int) -> list[str]:
+def plot_pairs(runs: dict[str, dict[str, list[tuple[float, float]]]], path: Path) -> None:
+    """One panel per run: each prediction against the window seen one window later, TTFT and
+    ITL in milliseconds on log axes; on the solid line they agree, between the dotted ones
+    they are within 25%."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    columns = min(4, len(runs))
+    rows = math.ceil(len(runs) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[len(runs) :]:
+        ax.set_visible(False)
+    for ax, (title, quantities) in zip(axes.flat, runs.items(), strict=False):
+        values = [1000 * v for pairs in quantities.values() for pair in pairs for v in pair]
+        for quantity, pairs in quantities.items():
+            ax.scatter(
+                [1000 * o for _, o in pairs], [1000 * p for p, _ in pairs],
+                s=9, alpha=0.6, label=quantity.upper(),
+            )  # fmt: skip
+        low, high = (min(values) / 1.5, max(values) * 1.5) if values else (1.0, 1000.0)
+        for factor, style in ((1.0, "-"), (1.25, ":"), (0.75, ":")):
+            ax.plot([low, high], [low * factor, high * factor], color="grey", ls=style, lw=1)
+        ax.set_xlim(low, high)
+        ax.set_ylim(low, high)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            axis.set_minor_formatter(NullFormatter())
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("observed one window later (ms)", fontsize=8)
+        ax.set_ylabel("predicted (ms)", fontsize=8)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle("slotune's predicted window quantiles against the next window's")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_one(
+    name: str, args: list[str], slo: str, out: Path, seed: int
+) -> tuple[str, dict[str, list[tuple[float, float]]]]:
     ttft, itl = SLO_CLASSES[slo]
     path = out / f"{name}-{slo}.json"
     command = [
@@ -95,8 +141,7 @@ def run_one(name: str, args: list[str], slo: str, out: Path, seed: int) -> list[
     ]  # fmt: skip
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     timeline = json.loads(path.read_text())["timelines"]["slotune"]
-    label = f"{name}, {slo}"
-    return [_row(label, q, accuracy(prediction_pairs(timeline, q))) for q in ("ttft", "itl")]
+    return f"{name}, {slo}", {q: prediction_pairs(timeline, q) for q in ("ttft", "itl")}
 
 
 def main() -> int:
@@ -114,13 +159,16 @@ def main() -> int:
     print(f"machine: {platform.node()}, {platform.processor() or platform.machine()}")
     print(f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, seed {args.seed}", flush=True)
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        results = pool.map(lambda r: run_one(*r, args.out, args.seed), runs)
-        rows = [row for pair in results for row in pair]
+        results = dict(pool.map(lambda r: run_one(*r, args.out, args.seed), runs))
     print()
     print("| run | quantity | pairs | predicted / observed, median | within 25% | within 50% |")
     print("|---|---|---|---|---|---|")
-    print("\n".join(rows))
-    print(f"\n{len(runs)} runs in {time.monotonic() - started:.0f} s")
+    for label, quantities in results.items():
+        for quantity, pairs in quantities.items():
+            print(_row(label, quantity, accuracy(pairs)))
+    plot = args.out / "predictions.png"
+    plot_pairs(results, plot)
+    print(f"\n{len(runs)} runs in {time.monotonic() - started:.0f} s; plot: {plot}")
     return 0
 
 

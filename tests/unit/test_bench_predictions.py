@@ -54,3 +54,15 @@ def test_a_window_that_mixes_settings_or_waits_for_replicas_is_left_out(
     unknown = [None] * 20  # no model learnt: nothing to pair
     assert bench.prediction_pairs(timeline(20, predicted_ttft=unknown), "ttft") == []
     assert bench.accuracy([]) == {"pairs": 0}
+
+
+def test_the_plot_has_a_panel_per_run_even_one_without_pairs(
+    bench: ModuleType, tmp_path: Path
+) -> None:
+    runs = {
+        "step, standard": {"ttft": [(0.2, 0.25), (0.3, 0.28)], "itl": [(0.02, 0.021)]},
+        "day, interactive": {"ttft": [], "itl": []},
+    }
+    path = tmp_path / "predictions.png"
+    bench.plot_pairs(runs, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
