@@ -167,9 +167,11 @@ def plot_runs(runs: list[Run], path: Path) -> None:
         ax.set_ylabel("GPUs", fontsize=8)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle("GPUs held: slotune against the hindsight oracle, per SLO window")
-    fig.tight_layout()
+    # One legend for the figure: inside a panel it hides a fleet's tail.
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", ncol=3, fontsize=8)
+    fig.suptitle("GPUs held: slotune against the hindsight oracle, per SLO window", x=0.35)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
