@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from slotune.api.resource import parse_spec
 from slotune.policy.models import BurnModel, BurnModels, StepModel, histogram_quantile
-from slotune.policy.slotune import SlotunePolicy
+from slotune.policy.slotune import SlotunePolicy, _poisson_like
 from slotune.policy.types import MetricsSnapshot, PolicySpec, Setting, rollout_rounds
 
 SPEC = PolicySpec.from_spec(
@@ -286,18 +286,20 @@ def test_a_decision_predicts_the_quantiles_under_its_setting() -> None:
     assert "ttft" not in POLICY.decide(busy, chunked, SPEC, SETTLED, 1000.0).predicted
 
 
-def prefill_bound_for_ten_minutes(ttft: float) -> tuple[int, float]:
+def prefill_bound_for_ten_minutes(ttft: float, minute_swing: float = 0.3) -> tuple[int, float]:
     """21 req/s of 3000-token prompts on 4 replicas at 512-token chunks (2 s TTFT target),
-    each window's p95 TTFT as given. Returns the last decision's replicas and the learnt
-    scale of the queueing model."""
+    each window's p95 TTFT as given, the last minute's rate `minute_swing` of it above and
+    below by turns (0.3: bursty traffic, 5 Poisson deviations of a minute's rate). Returns the
+    last decision's replicas and the learnt scale of the queueing model."""
     lenient = replace(SPEC, ttft_target_s=2.0, itl_target_s=0.06)
     chunked = replace(CURRENT, max_batched_tokens=512)
     memory: dict[str, Any] = {"steps": {"decode_s": 0.010, "per_token_s": 25e-6}}
     for tick in range(20):
         now = 1000.0 + 30 * tick
+        recent = 21.0 * (1 + minute_swing * (-1) ** tick)
         busy = snap(
-            time_s=now, request_rate=21.0, recent_request_rate=21.0, prompt_token_rate=63_000.0,
-            running=60.0, itl=0.03, itl_over=0.0, ttft=ttft,
+            time_s=now, request_rate=21.0, recent_request_rate=recent,
+            prompt_token_rate=63_000.0, running=60.0, itl=0.03, itl_over=0.0, ttft=ttft,
         )  # fmt: skip
         decision = POLICY.decide(busy, chunked, lenient, memory, now)
         memory = dict(decision.memory)
@@ -315,6 +317,32 @@ def test_the_prefill_queue_model_is_scaled_to_the_ttft_windows_show() -> None:
     assert replicas == 4 and 0.45 < scale < 0.6
     # A TTFT above the model's never scales it up: the 70% floor of the bar stays.
     assert prefill_bound_for_ten_minutes(1.9) == (5, 1.0)
+
+
+def test_poisson_like_arrivals_let_prefill_queue_into_more_of_the_target() -> None:
+    # The same 1.4 s windows, but each minute within half a Poisson deviation of the window's
+    # rate (0.3 req/s of 21): the arrivals M/M/1 assumes, so the prefill wait may take 80% of
+    # the target instead of 60% (ln(20) x 0.135 / 0.25 = 1.6 s at 75% busy): 4 replicas hold.
+    assert prefill_bound_for_ten_minutes(1.4, minute_swing=0.015) == (
+        4,
+        pytest.approx(1.0, abs=0.01),
+    )
+    # Two minutes' bursts among ten steady ones do not make the traffic bursty (a median).
+    swings: dict[str, Any] = {}
+    for tick in range(10):
+        recent = 40.0 if tick in (3, 4) else 20.5
+        poisson = _poisson_like(swings, recent, 20.0, 0.0, 300.0, 2.0)
+    assert poisson and len(swings["minuteSwings"]) == 10
+    # A ramp's last minute leads its window by the trend (0.05 req/s^2 x 120 s): not a swing.
+    ramp: dict[str, Any] = {}
+    assert not _poisson_like(ramp, 26.0, 20.0, 0.05, 300.0, 2.0)  # too few minutes yet
+    for _ in range(5):
+        poisson = _poisson_like(ramp, 26.0, 20.0, 0.05, 300.0, 2.0)
+    assert poisson
+    # Too few requests in a minute to tell: nothing learnt.
+    sparse: dict[str, Any] = {}
+    _poisson_like(sparse, 0.9, 0.4, 0.0, 300.0, 2.0)
+    assert sparse == {}
 
 
 def quiet_with_a_request_waiting_now_and_then(ttft_while_waiting: float) -> list[int]:
