@@ -81,6 +81,11 @@ HELD_OUT = {
         "--trace", "step:low=5,high=15,at=1200,duration=3600,tokens=azure-code",
         "--slo-ttft", "1s", "--slo-itl", "30ms",
     ],
+    # A GPU budget the load needs all of: a rollout cannot surge (session 20).
+    "gpu-budget-3-constant-std": [
+        "--trace", "poisson:rate=40,duration=3600", "--gpu-budget", "3",
+        "--slo-ttft", "2s", "--slo-itl", "60ms",
+    ],
 }  # fmt: skip
 HELD_OUT_POLICIES = "slotune,hpa,oracle"
 POLICIES = "slotune,hpa,kpa,saturation,static,oracle"

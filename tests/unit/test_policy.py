@@ -837,6 +837,8 @@ def test_step_model_from_chunked_prompts_needs_no_violation() -> None:
 
 def test_rollout_rounds_follow_the_quarter_surge() -> None:
     assert [rollout_rounds(n) for n in (1, 2, 3, 4, 8, 26, 100)] == [1, 2, 3, 4, 4, 4, 4]
+    # Without room for a surge pod, one pod at a time.
+    assert [rollout_rounds(n, surge=False) for n in (1, 3, 8)] == [1, 3, 8]
 
 
 def run_until_retune(changes: dict[str, Any], ticks: int = 40) -> list[tuple[Setting, Any]]:
@@ -861,6 +863,34 @@ def test_prefill_stalls_shrink_the_token_budget_once() -> None:
     assert first.reason == "ITLAboveTarget" and "token budget 8192 -> 423" in first.message
     # Once changed it stays (a restart each cooldown at most, and the stalls are gone).
     assert {s.max_batched_tokens for s, _ in seen[seen.index((first.setting, first)) :]} == {423}
+
+
+def test_at_the_gpu_budget_a_retune_waits_while_the_load_needs_every_replica() -> None:
+    # The stalls of test_prefill_stalls_shrink_the_token_budget_once on 4 replicas, with
+    # 4 replicas' worth of GPUs: a restart would replace the pods one at a time, a replica
+    # short for a cold start each, while the budget model asks for every one of them.
+    full = replace(SPEC, gpu_budget=4)
+    current, memory = CURRENT, {}
+    for step in range(40):
+        now = 1000.0 + 30 * step
+        decision = POLICY.decide(stalled(now), current, full, memory, now)
+        current, memory = decision.setting, dict(decision.memory)
+        assert current.max_batched_tokens == CURRENT.max_batched_tokens
+    assert decision.reason == "CapacityLimited"
+    assert "a batch retune waits: at the GPU budget (4 GPUs)" in decision.message
+    # Where the ITL target is broken, the new setting is the fix: it rolls out, dip or not.
+    broken = POLICY.decide(stalled(1000.0, itl=0.04, itl_over=0.2), CURRENT, full, {}, 1000.0)
+    assert broken.setting.max_batched_tokens == 423
+    # Where the budget leaves room for a surge pod, nothing waits (the test above).
+    roomy = replace(SPEC, gpu_budget=5)
+    seen = []
+    current, memory = CURRENT, {}
+    for step in range(40):
+        now = 1000.0 + 30 * step
+        decision = POLICY.decide(stalled(now), current, roomy, memory, now)
+        current, memory = decision.setting, dict(decision.memory)
+        seen.append(current.max_batched_tokens)
+    assert 423 in seen
 
 
 def test_no_token_retune_when_a_decode_step_alone_nears_the_goal() -> None:

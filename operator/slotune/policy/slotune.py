@@ -61,6 +61,7 @@ from slotune.policy.types import (
     Reason,
     Setting,
     rollout_rounds,
+    surge_blocked,
 )
 
 STALE_AFTER_S = 60.0
@@ -784,6 +785,20 @@ class SlotunePolicy:
                 )
         target = _clamp(target, floor, max(ceiling, floor))
 
+        # At the GPU budget a rollout cannot surge: pods are replaced one at a time, each
+        # round a replica short for a cold start. A restart is worth that only while the ITL
+        # target is broken anyway (the new setting is the fix) or one replica fewer still
+        # carries the forecast (at 3 of 3 budgeted replicas and 40 req/s, a token retune for
+        # an ITL burn near its budget left 2 replicas serving for six minutes and lost three
+        # windows the old setting held; bench/RESULTS.md, session 20).
+        no_surge = surge_blocked(
+            max(target, current.replicas), spec.gpus_per_replica, spec.gpu_budget
+        )
+        restart_dips = no_surge and not itl_violated and needed_up >= target
+        deferred = restart_dips and retune != current.max_num_seqs
+        if deferred:
+            retune = current.max_num_seqs
+
         # The token budget: when prefill stalls are what burns the ITL budget and so sizes
         # the fleet (by the budget model, or by a violation it has seen), shrink the chunks
         # until a stalled step fits in the goal. Worth a restart only if it is predicted to
@@ -816,11 +831,14 @@ class SlotunePolicy:
             # tokens cost the same): the TTFT percentile must still fit after that.
             extra_steps = cfg.tail_prompt * mean_prompt * (1 / new_tokens - 1 / tokens)
             ttft_after = None if ttft is None else ttft + extra_steps * steps.decode_s
-            if (
+            worth_a_restart = (
                 new_tokens <= cfg.chunk_change * chunk
                 and after < stalls_size_fleet
                 and (ttft_after is None or ttft_after <= cfg.chunk_ttft_bar * spec.ttft_target_s)
-            ):
+            )
+            if worth_a_restart and restart_dips:
+                deferred = True
+            elif worth_a_restart:
                 tokens = new_tokens
                 reason = "ITLAboveTarget"
                 stall = steps.decode_s + steps.per_token_s * chunk
@@ -837,12 +855,20 @@ class SlotunePolicy:
                         f"budget {current.max_batched_tokens} -> {tokens} cuts them into chunks "
                         f"of {1000 * capped:.0f} ms steps"
                     )
+        if deferred and reason in ("Steady", "CapacityLimited"):
+            reason = "CapacityLimited"
+            message = (
+                f"{message}; a batch retune waits: at the GPU budget ({spec.gpu_budget} GPUs) "
+                f"its pods would be replaced one at a time, each a replica short, while the "
+                f"load needs all {target}"
+            )
         knobs_changed = retune != current.max_num_seqs or tokens != current.max_batched_tokens
         if target != current.replicas or knobs_changed:
             mem["lastChange"] = now_s
         if knobs_changed:
             mem["lastRetune"] = now_s
-            mem["rolloutEnd"] = now_s + rollout_rounds(max(target, current.replicas)) * cfg.lead_s
+            rounds = rollout_rounds(max(target, current.replicas), surge=not no_surge)
+            mem["rolloutEnd"] = now_s + rounds * cfg.lead_s
             mem.pop("burnModels", None)  # the budget model describes one batch setting
             mem.pop("ttftFloor", None)  # ... and so does the prefill time
             mem.pop("ttftScale", None)  # ... and its queue

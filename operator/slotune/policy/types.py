@@ -43,10 +43,21 @@ RECENT_RATE_WINDOW_S = 60.0
 """The short range of `MetricsSnapshot.recent_request_rate` (PromQL `[60s]`)."""
 
 
-def rollout_rounds(replicas: int) -> int:
-    """Cold starts, one after another, that a rolling restart of `replicas` pods takes."""
-    surge = max(1, math.ceil(ROLLING_UPDATE_MAX_SURGE * replicas))
-    return max(1, math.ceil(replicas / surge))
+def surge_blocked(replicas: int, gpus_per_replica: int, gpu_budget: int | None) -> bool:
+    """Whether a rolling restart of `replicas` pods has no GPU for even one surge pod. The
+    operator then renders maxSurge 0 / maxUnavailable 1 (Kubernetes would otherwise wait
+    forever for the surge pod): pods are replaced one at a time, each round a replica short
+    for a cold start. The simulator rolls the same way."""
+    return gpu_budget is not None and (replicas + 1) * gpus_per_replica > gpu_budget
+
+
+def rollout_rounds(replicas: int, surge: bool = True) -> int:
+    """Cold starts, one after another, that a rolling restart of `replicas` pods takes (one
+    per pod where the GPU budget leaves no room for a surge)."""
+    if not surge:
+        return max(1, replicas)
+    per_round = max(1, math.ceil(ROLLING_UPDATE_MAX_SURGE * replicas))
+    return max(1, math.ceil(replicas / per_round))
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from slotune import __version__
 from slotune.api.resource import API_VERSION, KIND, LLMService
 from slotune.api.spec import GPU_PRODUCTS, LLMServiceSpec
 from slotune.api.status import Knobs
-from slotune.policy.types import ROLLING_UPDATE_MAX_SURGE
+from slotune.policy.types import ROLLING_UPDATE_MAX_SURGE, surge_blocked
 from slotune.render.engines import adapter_for
 
 Manifest = dict[str, Any]
@@ -47,7 +47,7 @@ def _rollout(spec: LLMServiceSpec, knobs: Knobs) -> dict[str, int | str]:
     """The rolling update's surge: a quarter of the replicas, or none (one pod replaced in
     place) when the GPU budget has no room for even one more replica."""
     budget, gpus = spec.scaling.gpu_budget, spec.resources.gpus_per_replica
-    if budget is not None and spec.scaling.mode == "auto" and (knobs.replicas + 1) * gpus > budget:
+    if spec.scaling.mode == "auto" and surge_blocked(knobs.replicas, gpus, budget):
         return {"max_surge": 0, "max_unavailable": 1}
     return {"max_surge": f"{ROLLING_UPDATE_MAX_SURGE:.0%}", "max_unavailable": 0}
 
