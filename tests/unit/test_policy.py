@@ -908,6 +908,22 @@ def test_no_token_retune_when_ttft_has_no_room() -> None:
     assert any(s.max_batched_tokens < CURRENT.max_batched_tokens for s, _ in seen)
 
 
+def test_the_ttft_room_for_smaller_chunks_is_judged_at_the_percentile_s_prompt() -> None:
+    # 423-token chunks add a decode step (6 ms) per extra chunk to a prefill: 13.4 steps for
+    # the p95 prompt of an exponential mix of 1000-token means (ln 20 = 3.0 means), 80 ms; 20.6
+    # steps for the p99 prompt (ln 100 = 4.6 means), 124 ms. At 400 ms of a 500 ms target
+    # only the first fits under 90% of it.
+    seen = run_until_retune({"ttft": 0.40})
+    assert any(s.max_batched_tokens == 423 for s, _ in seen)
+    p99 = replace(SPEC, ttft_percentile=99.0)
+    current, memory = CURRENT, {}
+    for step in range(40):
+        now = 1000.0 + 30 * step
+        decision = POLICY.decide(stalled(now, ttft=0.40), current, p99, memory, now)
+        current, memory = decision.setting, dict(decision.memory)
+        assert current.max_batched_tokens == CURRENT.max_batched_tokens
+
+
 def test_burst_spread_widens_the_margin() -> None:
     steady, bursty = BurnModel(), BurnModel()
     for i in range(20):

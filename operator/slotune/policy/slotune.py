@@ -121,7 +121,6 @@ class SlotuneConfig:
     chunk_headroom: float = 1.5  # shrink prefill chunks only if the goal is >= 1.5 decode steps
     chunk_change: float = 0.7  # ... and only to at most 70% of the chunk they replace
     chunk_ttft_bar: float = 0.9  # ... while TTFT, lengthened by the extra chunk steps, fits
-    tail_prompt: float = 4.0  # a prompt this many times the mean sets the TTFT percentile
     ttft_growth_queue: float = 2.0  # waiting per replica before a broken TTFT grows the fleet
     unsettling_queue_s: float = 1.0  # a queue of a second's arrivals unsettles a window
 
@@ -828,8 +827,12 @@ class SlotunePolicy:
                 queue_needs, floor, prefill_needs(forecast, new_tokens, cfg.prefill_utilisation)
             )
             # Smaller chunks cost a long prompt one decode step more per extra chunk (its
-            # tokens cost the same): the TTFT percentile must still fit after that.
-            extra_steps = cfg.tail_prompt * mean_prompt * (1 / new_tokens - 1 / tokens)
+            # tokens cost the same): the TTFT percentile must still fit after that. The prompt
+            # at the percentile is the exponential mix's, as in the prefill floor (a fixed 4
+            # mean prompts, a third longer at p95, held the retune of an interactive day of
+            # 2,000-token prompts back from 870 s to 2,550 s while the fleet grew to 6 replicas
+            # at 8,192 tokens; the oracle's peak is 4; bench/RESULTS.md, session 20).
+            extra_steps = tail * mean_prompt * (1 / new_tokens - 1 / tokens)
             ttft_after = None if ttft is None else ttft + extra_steps * steps.decode_s
             worth_a_restart = (
                 new_tokens <= cfg.chunk_change * chunk
