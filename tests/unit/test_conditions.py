@@ -5,12 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from slotune.api.resource import parse_spec
 from slotune.api.status import CONDITION_TYPES
 from slotune.controller.conditions import Observation, evaluate, merge
 from slotune.controller.reconcile import current_knobs, is_paused
 from slotune.controller.tuning import memory_patch
-from slotune.controller.workload import WorkloadSummary, summarize
+from slotune.controller.workload import WorkloadSummary, cold_start_s, summarize
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 SPEC = {
@@ -131,6 +133,25 @@ def test_summarize_counts_unschedulable_pods_only() -> None:
     }
     summary = summarize(dep, [pending, starting], gpus_per_replica=4)
     assert (summary.pending, summary.pending_reason, summary.ready) == (1, "no GPUs", 1)
+
+
+def test_the_cold_start_is_read_from_the_serving_pods_conditions() -> None:
+    def pod(scheduled: str, ready: str | None) -> dict[str, object]:
+        conditions = [{"type": "PodScheduled", "status": "True", "lastTransitionTime": scheduled}]
+        if ready is not None:
+            conditions.append({"type": "Ready", "status": "True", "lastTransitionTime": ready})
+        return {"status": {"phase": "Running", "conditions": conditions}}
+
+    pods = [
+        pod("2026-11-25T12:00:00Z", "2026-11-25T12:05:00Z"),  # 300 s to load the weights
+        pod("2026-11-25T12:10:00Z", "2026-11-25T12:15:20Z"),  # 320 s
+        pod("2026-11-25T12:20:00Z", "2026-11-25T13:20:00Z"),  # ready again after a restart
+        pod("2026-11-25T12:30:00Z", None),  # still starting: says nothing yet
+    ]
+    assert cold_start_s(pods) == pytest.approx(320.0)
+    assert summarize({"spec": {}, "status": {}}, pods, 1).cold_start_s == pytest.approx(320.0)
+    assert cold_start_s(pods[3:]) is None
+    assert cold_start_s([pod("not a time", "2026-11-25T12:05:00Z")]) is None
 
 
 def test_tuned_knobs_are_held_inside_current_bounds() -> None:

@@ -668,6 +668,26 @@ def test_a_step_already_taken_is_not_extrapolated_like_a_ramp() -> None:
     assert peak(step=False, recent_known=True) == peak(step=False, recent_known=False)
 
 
+def test_a_ramp_is_forecast_as_far_ahead_as_the_pods_take_to_start() -> None:
+    # The ramp of the test above: with pods that took ten minutes to load, the replicas asked
+    # for now serve ten minutes later, and the forecast looks that far ahead; a two-minute
+    # cold start is the default lead already.
+    def peak(cold_start_s: float | None) -> int:
+        current, memory = Setting(4, 128, 8192), dict(SETTLED)
+        most = 0
+        for tick in range(34):
+            now = 1000.0 + 30 * tick
+            rate = 16.0 + 1.6 * max(tick - 19, 0)
+            observed = replace(burn_snap(rate, 4, now), cold_start_s=cold_start_s)
+            decision = POLICY.decide(observed, current, SPEC, memory, now)
+            memory = dict(decision.memory)
+            most = max(most, decision.setting.replicas)
+        return most
+
+    assert peak(600.0) > peak(None)
+    assert peak(120.0) == peak(None)
+
+
 def test_a_fall_the_last_minute_confirms_is_followed_sooner() -> None:
     # 32 req/s on 8 replicas, then the window's rate falls 0.4 req/s every 30 s. Where the
     # last minute's rate is as far below the window's as such a fall puts it, the fleet

@@ -137,6 +137,7 @@ def reconcile(
                     workload.ready,
                     workload.pending,
                     now.timestamp(),
+                    workload.cold_start_s,
                 )
             metrics_state = metrics_condition(reading, snapshot)
             slo_state = slo_condition(snapshot, PolicySpec.from_spec(spec))

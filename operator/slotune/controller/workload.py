@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 Obj = Mapping[str, Any]
@@ -22,6 +23,7 @@ class WorkloadSummary:
     pending: int
     pending_reason: str
     gpus_per_replica: int
+    cold_start_s: float | None = None
 
     @property
     def rolled_out(self) -> bool:
@@ -52,6 +54,30 @@ def _unschedulable(pod: Obj) -> str | None:
     return None
 
 
+def _transition(condition: Obj | None) -> datetime | None:
+    stamp = condition.get("lastTransitionTime") if condition else None
+    try:
+        return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")) if stamp else None
+    except ValueError:
+        return None
+
+
+def cold_start_s(pods: Sequence[Obj]) -> float | None:
+    """The median time the pods that serve now took from being scheduled to Ready: the cold
+    start (image pull, weight loading, warm-up) a replica asked for now will take. A pod that
+    turned ready again after a restart reads a longer time; the median keeps one such out."""
+    starts = []
+    for pod in pods:
+        ready, scheduled = _condition(pod, "Ready"), _condition(pod, "PodScheduled")
+        if not ready or ready.get("status") != "True":
+            continue
+        since, until = _transition(scheduled), _transition(ready)
+        if since is not None and until is not None and until > since:
+            starts.append((until - since).total_seconds())
+    starts.sort()
+    return starts[len(starts) // 2] if starts else None
+
+
 def summarize(
     deployment: Obj | None, pods: Sequence[Obj], gpus_per_replica: int
 ) -> WorkloadSummary:
@@ -70,4 +96,5 @@ def summarize(
         pending=len(reasons),
         pending_reason=reasons[0] if reasons else "",
         gpus_per_replica=gpus_per_replica,
+        cold_start_s=cold_start_s(pods),
     )

@@ -82,6 +82,7 @@ def to_snapshot(
     ready_replicas: int,
     pending_replicas: int,
     now_s: float,
+    cold_start_s: float | None = None,
 ) -> MetricsSnapshot | None:
     """The policy's view of one service, or None when Prometheus has nothing for it."""
     if series is None or FRESHNESS not in series.scalars:
@@ -106,6 +107,7 @@ def to_snapshot(
         kv_cache_usage=scalars.get(GAUGES[2]),
         ready_replicas=ready_replicas,
         pending_replicas=pending_replicas,
+        cold_start_s=cold_start_s,
         ttft_over=fraction_above(series.buckets.get("ttft"), spec.ttft_target_s),
         itl_over=itl_over,
         itl_median=quantile(itl, 50.0),

@@ -65,7 +65,7 @@ from slotune.policy.types import (
 )
 
 STALE_AFTER_S = 60.0
-BACKLOG_DRAIN_S = 240.0  # drain a queue within about two cold starts
+BACKLOG_DRAIN_S = 240.0  # drain a queue within about two (two-minute) cold starts
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ class SlotuneConfig:
     min_window_tokens: float = 2000.0  # ITL samples in a window before it teaches the model
     min_burn_samples: float = 3.0  # (forgotten-weighted) windows before the model sizes replicas
     max_load_change: float = 0.5  # learn only from windows whose load moved less than this
-    lead_s: float = 150.0  # forecast this far ahead: a cold start plus a tuning interval
+    lead_s: float = 150.0  # forecast at least this far ahead: a cold start and an interval
     trend_horizon_s: float = 180.0  # fit the request rate's trend over this much history
     max_trend_growth: float = 0.5  # ... and let it add at most half the rate to the forecast
     backlog_fraction: float = 0.1  # a queue this share of a window's requests hides the trend
@@ -142,17 +142,17 @@ def _with_prior(fit: ItlFit, x: float, y: float, cfg: SlotuneConfig) -> ItlFit:
 
 
 def _arrival_rate(
-    snapshot: MetricsSnapshot, mem: dict[str, Any], now_s: float, drain_s: float
+    snapshot: MetricsSnapshot, mem: dict[str, Any], now_s: float, drain_s: float, backlog_s: float
 ) -> tuple[float, bool]:
     """Requests per second arriving, not just finishing, plus what drains the backlog; and
     whether the replicas already serving drain the queue within `drain_s` on their own.
 
     The finished rate is capped by today's capacity; the queue's growth since the last
     snapshot is the part of the arrivals that did not get in. The backlog itself is drained
-    over `BACKLOG_DRAIN_S`, not held in parallel (sizing for it would double replicas every
-    cycle while new ones are still starting). A queue that shrinks fast enough to be gone
-    before a new replica could serve (`drain_s`: a cold start) needs none: replicas added for
-    it would arrive after it, to an idle fleet.
+    over `backlog_s` (about two cold starts), not held in parallel (sizing for it would double
+    replicas every cycle while new ones are still starting). A queue that shrinks fast enough
+    to be gone before a new replica could serve (`drain_s`: a cold start) needs none: replicas
+    added for it would arrive after it, to an idle fleet.
     """
     rate = snapshot.request_rate or 0.0
     waiting = snapshot.waiting or 0.0
@@ -166,8 +166,19 @@ def _arrival_rate(
     mem["queue"] = [now_s, waiting]
     # The backlog a new replica will find: what waits now and what keeps joining it until
     # it serves.
-    backlog = 0.0 if draining else (waiting + inflow * drain_s) / BACKLOG_DRAIN_S
+    backlog = 0.0 if draining else (waiting + inflow * drain_s) / backlog_s
     return rate + inflow + backlog, draining
+
+
+def _lead(snapshot: MetricsSnapshot, spec: PolicySpec, default_s: float) -> float:
+    """How far ahead a replica asked for now serves: the cold start the service's pods showed
+    and a tuning interval, never less than `default_s` (a two-minute cold start and one).
+    (70B weights from network storage take five to ten minutes to load; with a 300 s cold
+    start a forecast 150 s ahead lost a window of the diurnal day that 330 s holds;
+    bench/RESULTS.md, session 20.)"""
+    if snapshot.cold_start_s is None:
+        return default_s
+    return max(default_s, snapshot.cold_start_s + spec.interval_s)
 
 
 def _concurrency_model(
@@ -500,7 +511,10 @@ class SlotunePolicy:
             per_replica_cap = max(1.0, min(float(retune), capacity))
         ceiling, floor = spec.replica_ceiling, spec.min_replicas
         demand = (snapshot.running or 0.0) + (snapshot.waiting or 0.0)
-        arrival, draining = _arrival_rate(snapshot, mem, now_s, cfg.lead_s)
+        lead = _lead(snapshot, spec, cfg.lead_s)
+        arrival, draining = _arrival_rate(
+            snapshot, mem, now_s, lead, BACKLOG_DRAIN_S * lead / cfg.lead_s
+        )
         # The window's rate lags a ramp by half a window; a new replica serves a lead later.
         # (While requests queue, the finished rate climbs with the replicas that come up, and
         # the queue's growth already counts the arrivals that do not get in.)
@@ -508,7 +522,7 @@ class SlotunePolicy:
         if not queued:
             # A ramp, not a burst: a minute's burst steepens the window's rate for a while,
             # and extrapolating it five minutes would size for load that never comes.
-            growth = max(0.0, slope) * (spec.window_s / 2 + cfg.lead_s)
+            growth = max(0.0, slope) * (spec.window_s / 2 + lead)
             # In and for a window after a surge (the window's rate moving by half across
             # it), ask the last minute's rate whether the climb is still going on. Outside
             # surges the trend stays as it is: on noisy loads its small positive part is
@@ -871,7 +885,7 @@ class SlotunePolicy:
         if knobs_changed:
             mem["lastRetune"] = now_s
             rounds = rollout_rounds(max(target, current.replicas), surge=not no_surge)
-            mem["rolloutEnd"] = now_s + rounds * cfg.lead_s
+            mem["rolloutEnd"] = now_s + rounds * lead
             mem.pop("burnModels", None)  # the budget model describes one batch setting
             mem.pop("ttftFloor", None)  # ... and so does the prefill time
             mem.pop("ttftScale", None)  # ... and its queue

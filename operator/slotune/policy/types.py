@@ -131,6 +131,10 @@ class MetricsSnapshot:
     # does not export them.
     itl_mean: float | None = None
     prefill_mean: float | None = None
+    # How long the service's pods took from being scheduled to Ready (the median over the
+    # pods that exist now and started cold): the cold start a replica asked for now will take.
+    # None where not known (no such pod).
+    cold_start_s: float | None = None
 
 
 @dataclass(frozen=True)

@@ -187,6 +187,8 @@ class Cluster:
             if warm:
                 self._start(pod, now)
                 self._become_ready(pod, now)
+                # Started cold before the simulated hour, as a running service's pods did.
+                pod.scheduled_s = now - config.cold_start_s
         self._reconcile(now)
 
     # ------------------------------------------------------------------ inspection
@@ -210,6 +212,14 @@ class Cluster:
     @property
     def pending_replicas(self) -> int:
         return self.count(PodPhase.PENDING)
+
+    @property
+    def observed_cold_start_s(self) -> float | None:
+        """The median time from scheduled to ready of the live pods (the initial warm ones
+        started a cold start before ``now``), as the operator reads it from the pods'
+        conditions; None without a ready pod."""
+        starts = sorted(p.ready_s - p.scheduled_s for p in self.pods if p.ready_s > p.scheduled_s)
+        return starts[len(starts) // 2] if starts else None
 
     @property
     def scraped_pods(self) -> list[Pod]:

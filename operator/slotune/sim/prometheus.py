@@ -360,6 +360,7 @@ class PrometheusView:
             kv_cache_usage=sum(p.kv_cache_usage for p in pods) / len(pods),
             ready_replicas=cluster.ready_replicas,
             pending_replicas=cluster.pending_replicas,
+            cold_start_s=cluster.observed_cold_start_s,
             pods=tuple(pods),
             ttft_over=over(0, spec.ttft_target_s),
             itl_over=itl_over,

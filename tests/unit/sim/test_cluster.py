@@ -43,6 +43,17 @@ def test_a_new_replica_holds_its_gpu_during_the_cold_start_and_serves_after_it()
     assert c.gpu_seconds(130.1) == pytest.approx(130.1 + 120.1)
 
 
+def test_the_cold_start_reads_as_the_operator_reads_it_from_the_pods() -> None:
+    # Warm pods started cold before the simulated hour; a new one adds its own start.
+    c = cluster(2, cold_start_s=300.0)
+    assert c.observed_cold_start_s == pytest.approx(300.0)
+    c = cluster(0, cold_start_s=120.0)
+    assert c.observed_cold_start_s is None
+    c.scale(1, 10.0)
+    c.advance(200.0)
+    assert c.observed_cold_start_s == pytest.approx(120.0)
+
+
 def test_requests_wait_at_the_gateway_while_nothing_is_ready() -> None:
     c = cluster(0, cold_start_s=120.0)
     c.scale(1, 0.0)
