@@ -88,6 +88,14 @@ class Observed(ApiModel):
             "the engine does not export it."
         ),
     )
+    cold_start: Seconds | None = Field(
+        default=None,
+        description=(
+            "How long the serving pods took from being scheduled to Ready (s, their median): "
+            "the cold start a replica asked for now will take, and how far ahead the policy "
+            "forecasts the load (at least 150 s)."
+        ),
+    )
     queue_depth: Seconds | None = Field(default=None, description="Requests waiting, all pods.")
     running: Seconds | None = Field(default=None, description="Requests running, all pods.")
     kv_cache_usage: Annotated[float, Field(ge=0, le=1)] | None = Field(

@@ -79,6 +79,7 @@ def observed_status(snapshot: MetricsSnapshot, now: datetime) -> dict[str, Any]:
         "generationTokenRate": snapshot.generation_token_rate,
         "itlMean": snapshot.itl_mean,
         "prefillMean": snapshot.prefill_mean,
+        "coldStart": snapshot.cold_start_s,
         "queueDepth": snapshot.waiting,
         "running": snapshot.running,
         "kvCacheUsage": snapshot.kv_cache_usage,
