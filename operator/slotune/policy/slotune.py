@@ -109,6 +109,7 @@ class SlotuneConfig:
     prefill_utilisation: float = 0.7  # of the prefill capacity a token budget leaves, up
     prefill_utilisation_down: float = 0.6  # ... and to remove a replica
     prefill_utilisation_max: float = 0.85  # both up to 0.15 higher where TTFT allows
+    prefill_utilisation_max_poisson: float = 0.9  # ... 0.2 where arrivals are Poisson-like
     prefill_ttft_share: float = 0.6  # ... by keeping the wait for prefill in this share
     prefill_ttft_share_poisson: float = 0.8  # ... or this one where arrivals are Poisson-like
     poisson_swing: float = 2.0  # ... a median minute's rate within 2 Poisson deviations
@@ -505,7 +506,25 @@ class SlotunePolicy:
         # batch limit (beyond it requests queue) and whose forecast load keeps the ITL burn
         # within the budget (before the budget model is trusted: below the concurrency at
         # which the fitted ITL line reaches the goal).
-        if burn_trusted:
+        # Once every prompt is cut into chunks that fit beside a decode step within the ITL
+        # goal, the window's ITL percentile is of those chunk steps whatever the batch, and a
+        # line fitted to it says little about where the batch breaks the goal: where the
+        # arrivals are Poisson-like, the budget model and the prefill model size the fleet
+        # alone. (On the 8B 3x step the line fitted after the retune to 783-token chunks, 41
+        # ms at 27 per replica, capped a replica at ~60 requests and held 3 replicas for the
+        # last twenty minutes where 2 served; on bursty traces its cap is the headroom a
+        # burst needs: Azure conversation standard lost a window without it; bench/RESULTS.md,
+        # session 21.)
+        poisson_like = _poisson_like(
+            mem, snapshot.recent_request_rate, rate, slope, spec.window_s, cfg.poisson_swing
+        )
+        chunks_fit = (
+            poisson_like
+            and chunked
+            and steps is not None
+            and steps.decode_s + steps.per_token_s * current.max_batched_tokens <= itl_goal
+        )
+        if burn_trusted or chunks_fit:
             per_replica_cap = max(1.0, float(retune))
         else:
             per_replica_cap = max(1.0, min(float(retune), capacity))
@@ -535,9 +554,6 @@ class SlotunePolicy:
             # A falling load is below its window's rate already; the last minute says how far.
             fall = _fall_below_window(snapshot.recent_request_rate, rate, slope, spec.window_s)
             forecast -= min(fall, cfg.max_trend_growth * rate)
-        poisson_like = _poisson_like(
-            mem, snapshot.recent_request_rate, rate, slope, spec.window_s, cfg.poisson_swing
-        )
         concurrency = _concurrency_model(snapshot, line, forecast, saturated=queued and binding)
         needed_up = _fewest(concurrency, cfg.target_utilisation * per_replica_cap, ceiling)
         needed_down = _fewest(concurrency, cfg.scale_down_utilisation * per_replica_cap, ceiling)
@@ -573,10 +589,16 @@ class SlotunePolicy:
             # the bursts need the 40%: bench/RESULTS.md, session 19).
             if capacity <= 0:
                 return utilisation
-            share = cfg.prefill_ttft_share_poisson if poisson_like else cfg.prefill_ttft_share
+            # Poisson-like arrivals may also run busier at most (a minute's load swings by
+            # ~2% at 30 req/s): on the 8B standard day 2.01 -> 1.94 GPU-h, on the 3x step
+            # 2.19 -> 2.10, no window lost anywhere (bench/RESULTS.md, session 21).
+            if poisson_like:
+                share, highest = cfg.prefill_ttft_share_poisson, cfg.prefill_utilisation_max_poisson
+            else:
+                share, highest = cfg.prefill_ttft_share, cfg.prefill_utilisation_max
             wait = share * spec.ttft_target_s
             busiest = 1 - calibration * tail * (prompt_share / capacity) / wait
-            room = cfg.prefill_utilisation_max - cfg.prefill_utilisation
+            room = highest - cfg.prefill_utilisation
             return utilisation + min(room, max(0.0, busiest - cfg.prefill_utilisation))
 
         queue_needs = needed_up
