@@ -741,10 +741,18 @@ class SlotunePolicy:
         # Nor while a queue waits; requests waiting their turn for a chunk are not one (on
         # the Azure conversation trace they held each step down of the second half hour
         # back by minutes; bench/RESULTS.md, session 17).
+        # Where a real queue has drained within the window, the window's TTFT is that
+        # queue's, and a request or two waiting now says nothing about a burst (on the 8B 3x
+        # step one waiting request at a 135 s window TTFT, a minute after the backlog was
+        # gone, held 4 replicas for five more minutes where 3 and then 2 served;
+        # bench/RESULTS.md, session 21).
+        queue_drained = now_s - float(mem.get("queuedAt", -math.inf)) < spec.window_s and not queued
         safe_to_shrink = (
             not real_queue
             and burn_known
-            and (ttft is None or ttft < ttft_bar or (snapshot.waiting or 0.0) == 0.0)
+            and (
+                ttft is None or ttft < ttft_bar or (snapshot.waiting or 0.0) == 0.0 or queue_drained
+            )
         )
         recommendation = max(needed_down, floor) if safe_to_shrink else current.replicas
         down_target = max([h[1] for h in history] + [recommendation])
