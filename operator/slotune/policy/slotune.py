@@ -511,8 +511,8 @@ class SlotunePolicy:
         # line fitted to it says little about where the batch breaks the goal: where the
         # arrivals are Poisson-like, the budget model and the prefill model size the fleet
         # alone. (On the 8B 3x step the line fitted after the retune to 783-token chunks, 41
-        # ms at 27 per replica, capped a replica at ~60 requests and held 3 replicas for the
-        # last twenty minutes where 2 served; on bursty traces its cap is the headroom a
+        # ms at 27 per replica, capped a replica at 64-75 requests and held 3 replicas for the
+        # last sixteen minutes where 2 served; on bursty traces its cap is the headroom a
         # burst needs: Azure conversation standard lost a window without it; bench/RESULTS.md,
         # session 21.)
         poisson_like = _poisson_like(
