@@ -199,6 +199,7 @@ def run_demo(
 ) -> int:
     from kubernetes import client
 
+    from slotune.api.durations import parse_duration
     from slotune.api.resource import parse_llmservice
     from slotune.sandbox.build import cache_root
     from slotune.sandbox.sandbox import Sandbox, SandboxConfig
@@ -262,6 +263,7 @@ def run_demo(
             events=[{**e, "t": e["time"] - load_started} for e in events],
             ready_delay_s=sandbox.config.ready_delay_s,
             scrape_interval_s=sandbox.config.scrape_interval_s,
+            tuning_interval_s=parse_duration(service.spec.tuning.interval),
         )
         paths = write_report(report, out_dir)
         _say("tearing the sandbox down")

@@ -41,6 +41,7 @@ class DemoReport:
     events: list[dict[str, Any]] = field(default_factory=list)  # with "t" from load start
     ready_delay_s: float = 0.0
     scrape_interval_s: float = 0.0
+    tuning_interval_s: float = 0.0
 
     # -- phases ----------------------------------------------------------------------------
 
@@ -157,6 +158,19 @@ class DemoReport:
 
     # -- text ------------------------------------------------------------------------------
 
+    def _reaction_note(self) -> str:
+        """How soon the operator can react at all: why two runs of the same load can differ."""
+        if not (self.tuning_interval_s and self.scrape_interval_s):
+            return ""
+        latest = self.tuning_interval_s + self.scrape_interval_s
+        return (
+            f" The operator decides every {self.tuning_interval_s:g}s on samples scraped every "
+            f"{self.scrape_interval_s:g}s, so its first look at a surge comes 0-{latest:g}s "
+            f"after it begins, by chance of timing, and a replica it adds serves after its "
+            f"{self.ready_delay_s:g}s model load; bench/demo_surge.py shows what that timing "
+            f"does to the surge's TTFT."
+        )
+
     def summary(self) -> str:
         lines = ["## Outcome", ""]
         up = self.first_scale_up_after_surge_s()
@@ -165,7 +179,7 @@ class DemoReport:
         ttft_ms, itl_ms = self.ttft_target_s * 1000, self.itl_target_s * 1000
         lines.append(
             f"- Surge response: first scale-up decision {_secs(up)} after the surge began; "
-            f"peak {self.peak_replicas()} replicas."
+            f"peak {self.peak_replicas()} replicas.{self._reaction_note()}"
         )
         if self.ttft_ever_exceeded():
             lines.append(

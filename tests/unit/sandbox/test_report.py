@@ -66,6 +66,17 @@ def test_a_run_that_ends_before_the_fleet_is_back_says_where_it_stood() -> None:
     )
 
 
+def test_the_surge_response_says_how_soon_the_operator_could_react() -> None:
+    report = _report()
+    assert "first look" not in report.summary()  # the cycle unknown: nothing claimed
+    report.tuning_interval_s, report.scrape_interval_s, report.ready_delay_s = 10.0, 5.0, 10.0
+    assert (
+        "The operator decides every 10s on samples scraped every 5s, so its first look at a "
+        "surge comes 0-15s after it begins"
+    ) in report.summary()
+    assert "after its 10s model load" in report.summary()
+
+
 def test_writes_markdown_and_png(tmp_path: Path) -> None:
     md, png = write_report(_report(), tmp_path)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
