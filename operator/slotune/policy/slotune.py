@@ -96,6 +96,7 @@ class SlotuneConfig:
     burn_exponents: tuple[float, ...] = (1.5, 2.0, 2.5)
     budget_use_up: float = 0.9  # size replicas to burn at most 90% of the error budget
     budget_use_down: float = 0.75  # ... and remove one only if it stays under 75%
+    budget_use_down_poisson: float = 0.85  # ... 85% where arrivals are Poisson-like
     burn_spread_z: float = 1.0  # plan for windows one standard deviation worse than the mean
     min_window_tokens: float = 2000.0  # ITL samples in a window before it teaches the model
     min_burn_samples: float = 3.0  # (forgotten-weighted) windows before the model sizes replicas
@@ -635,7 +636,14 @@ class SlotunePolicy:
         if burn_trusted:
             z = cfg.burn_spread_z
             up_capacity = burn_model.capacity(cfg.budget_use_up * budget, beta, z)
-            down_capacity = burn_model.capacity(cfg.budget_use_down * budget, beta, z)
+            # The gap between the two bars keeps one replica's step from flapping as the
+            # load swings; where minutes swing no more than Poisson arrivals do, a narrower
+            # one is enough (the 70B interactive day came down from its peak 1.3-1.9x the
+            # oracle's fleet, stepping down a replica at a time; 50.49 -> 48.74 GPU-h, the
+            # step 48.70 -> 47.68; on bursty traffic it lost a window: bench/RESULTS.md,
+            # session 22).
+            use_down = cfg.budget_use_down_poisson if poisson_like else cfg.budget_use_down
+            down_capacity = burn_model.capacity(use_down * budget, beta, z)
             burn_load = forecast * prompt_share  # prompt tokens/s
             burn_needs = min(ceiling + 1, math.ceil(burn_load / up_capacity))
             needed_up = max(needed_up, burn_needs)
