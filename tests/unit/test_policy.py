@@ -710,28 +710,36 @@ def test_a_ramp_is_forecast_as_far_ahead_as_the_pods_take_to_start() -> None:
     assert peak(120.0) == peak(None)
 
 
-def replicas_after_half_an_hour_at_27_per_s(minute_swing: float) -> int:
-    """A fleet of 6 sized by the budget model (burn = 0.002 x (req/s per replica) ** 1.5)
-    at a steady 27 req/s, the last minute's rate `minute_swing` of it above and below by
-    turns; the replicas it holds after half an hour."""
-    current, memory = Setting(6, 128, 8192), dict(SETTLED)
+def replicas_after_half_an_hour(rate: float, replicas: int, minute_swing: float) -> int:
+    """A fleet sized by the budget model (burn = 0.002 x (req/s per replica) ** 1.5) at a
+    steady `rate`, the last minute's rate `minute_swing` of it above and below by turns; the
+    replicas it holds after half an hour."""
+    current, memory = Setting(replicas, 128, 8192), dict(SETTLED)
     for tick in range(60):
         now = 1000.0 + 30 * tick
-        recent = 27.0 * (1 + minute_swing * (-1) ** tick)
-        observed = replace(burn_snap(27.0, current.replicas, now), recent_request_rate=recent)
+        recent = rate * (1 + minute_swing * (-1) ** tick)
+        observed = replace(burn_snap(rate, current.replicas, now), recent_request_rate=recent)
         decision = POLICY.decide(observed, current, SPEC, memory, now)
         current, memory = decision.setting, dict(decision.memory)
     return current.replicas
 
 
+def test_poisson_like_arrivals_are_planned_closer_to_the_budget() -> None:
+    # 32.4 req/s on 4 replicas burn 4.6% of the 5% budget: over the 90% the fleet is planned
+    # for, so bursty minutes add a fifth; where every minute is within a Poisson deviation of
+    # the window's rate, the fleet is planned for 95% (8.26 req/s per replica) and 4 hold.
+    assert replicas_after_half_an_hour(32.4, 4, minute_swing=0.3) == 5
+    assert replicas_after_half_an_hour(32.4, 4, minute_swing=0.01) == 4
+
+
 def test_poisson_like_arrivals_step_down_closer_to_the_budget() -> None:
     # A replica goes where one fewer is planned to burn at most 75% of the budget: at 7.06
-    # req/s per replica (less with the windows' spread), so 27 req/s hold 5. Where every
-    # minute is within a Poisson deviation of the window's rate, 85%: 7.67 req/s per replica
-    # (about 7 with the spread), so 4, which burn 3.5%, under the 90% that would add one back.
-    # Bursty minutes keep the wider gap.
-    assert replicas_after_half_an_hour_at_27_per_s(minute_swing=0.01) == 4
-    assert replicas_after_half_an_hour_at_27_per_s(minute_swing=0.3) == 5
+    # req/s per replica (less with the windows' spread), so 27 req/s on 6 come down to 5.
+    # Where every minute is within a Poisson deviation of the window's rate, 85%: 7.67 req/s
+    # per replica (about 7 with the spread), so 4, which burn 3.5%, under the 95% that would
+    # add one back.
+    assert replicas_after_half_an_hour(27.0, 6, minute_swing=0.3) == 5
+    assert replicas_after_half_an_hour(27.0, 6, minute_swing=0.01) == 4
 
 
 def test_a_fall_the_last_minute_confirms_is_followed_sooner() -> None:

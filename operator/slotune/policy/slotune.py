@@ -96,7 +96,10 @@ class SlotuneConfig:
     burn_exponents: tuple[float, ...] = (1.5, 2.0, 2.5)
     budget_use_up: float = 0.9  # size replicas to burn at most 90% of the error budget
     budget_use_down: float = 0.75  # ... and remove one only if it stays under 75%
-    budget_use_down_poisson: float = 0.85  # ... 85% where arrivals are Poisson-like
+    # Where arrivals are Poisson-like, 95% and 85%: their minutes swing little, so the
+    # windows' burn at a load does too.
+    budget_use_up_poisson: float = 0.95
+    budget_use_down_poisson: float = 0.85
     burn_spread_z: float = 1.0  # plan for windows one standard deviation worse than the mean
     min_window_tokens: float = 2000.0  # ITL samples in a window before it teaches the model
     min_burn_samples: float = 3.0  # (forgotten-weighted) windows before the model sizes replicas
@@ -633,16 +636,19 @@ class SlotunePolicy:
             needed_down, prefill_needs(forecast, tokens_now, cfg.prefill_utilisation_down)
         )
         burn_needs = 0
+        # Where minutes swing no more than Poisson arrivals do, the fleet may be planned
+        # closer to the budget, and the gap between the two bars, which keeps one replica's
+        # step from being taken back as the load swings, may be narrower (the 70B interactive
+        # day came down from its peak at 1.3-1.9x the oracle's fleet, a replica at a time:
+        # 50.49 -> 47.76 GPU-h, no window lost anywhere; on bursty traffic the narrower gap
+        # alone lost a window: bench/RESULTS.md, session 22).
+        if poisson_like:
+            use_up, use_down = cfg.budget_use_up_poisson, cfg.budget_use_down_poisson
+        else:
+            use_up, use_down = cfg.budget_use_up, cfg.budget_use_down
         if burn_trusted:
             z = cfg.burn_spread_z
-            up_capacity = burn_model.capacity(cfg.budget_use_up * budget, beta, z)
-            # The gap between the two bars keeps one replica's step from flapping as the
-            # load swings; where minutes swing no more than Poisson arrivals do, a narrower
-            # one is enough (the 70B interactive day came down from its peak 1.3-1.9x the
-            # oracle's fleet, stepping down a replica at a time; 50.49 -> 48.74 GPU-h, the
-            # step 48.70 -> 47.68; on bursty traffic it lost a window: bench/RESULTS.md,
-            # session 22).
-            use_down = cfg.budget_use_down_poisson if poisson_like else cfg.budget_use_down
+            up_capacity = burn_model.capacity(use_up * budget, beta, z)
             down_capacity = burn_model.capacity(use_down * budget, beta, z)
             burn_load = forecast * prompt_share  # prompt tokens/s
             burn_needs = min(ceiling + 1, math.ceil(burn_load / up_capacity))
@@ -651,7 +657,8 @@ class SlotunePolicy:
         # A settled window that burns more than the whole budget is a capacity measured now:
         # size from it directly. The budget model takes it in as one window among its
         # (forgotten-weighted) thirty and would follow a slow ramp a replica a tick, and before
-        # it is trusted only a broken quantile adds a replica at all.
+        # it is trusted only a broken quantile adds a replica at all. (Back to 90% of the
+        # budget whatever the arrivals: this load broke the target once already.)
         burn_now = snapshot.itl_over or 0.0
         if measured_load is not None and burn_now > budget:
             capacity_now = measured_load * (cfg.budget_use_up * budget / burn_now) ** (1 / beta)
@@ -773,7 +780,7 @@ class SlotunePolicy:
                 reason = "ITLAboveTarget"
                 message = (
                     f"predicted: {forecast:.1f} req/s need {needed_up} replicas to keep the "
-                    f"ITL burn under {cfg.budget_use_up:.0%} of its budget"
+                    f"ITL burn under {use_up:.0%} of its budget"
                 )
             elif reason == "Steady" and prefill_up >= needed_up and steps is not None:
                 reason = "TTFTAboveTarget"
