@@ -78,6 +78,40 @@ def test_e2e_violation_adds_a_replica() -> None:
     assert POLICY.decide(snap(e2e=6.0), CURRENT, SPEC, SETTLED, 1000.0).reason == "Steady"
 
 
+# A step model learnt earlier (8B-like: a 12 ms decode step, 25 us per prefill token), and
+# a stabilisation window whose recommendations have been low.
+STEPS: dict[str, Any] = {
+    "steps": {"decode_s": 0.012, "per_token_s": 25e-6},
+    "history": [[900.0, 1]],
+}
+
+
+def test_an_e2e_target_near_its_floor_holds_the_replicas_it_needs() -> None:
+    # TTFT and ITL are far within target at 10 requests per replica: without an E2E target
+    # a replica goes. With one a little above E2E now, the prefill a replica fewer carries
+    # would stretch every decode past the room left (5.5 s; 5.24 s predicted on 3 replicas
+    # where 5.06 s is the bar to remove one): hold. A lenient E2E target changes nothing.
+    quiet = snap(running=40.0)
+    loose = POLICY.decide(quiet, CURRENT, SPEC, STEPS, 1000.0)
+    assert loose.reason == "OverProvisioned" and loose.setting.replicas < CURRENT.replicas
+    tight = replace(SPEC, e2e_target_s=5.5, e2e_percentile=95.0)
+    assert POLICY.decide(quiet, CURRENT, tight, STEPS, 1000.0).setting == CURRENT
+    lenient = replace(SPEC, e2e_target_s=30.0, e2e_percentile=95.0)
+    assert POLICY.decide(quiet, CURRENT, lenient, STEPS, 1000.0).setting == loose.setting
+
+
+def test_an_e2e_violation_is_sized_by_the_model_not_a_replica_at_a_time() -> None:
+    # E2E 6.0 s against 5.8 s: 7 replicas bring the prefill each carries down far enough
+    # (5.66 s predicted, within 85% of the room above the 5.27 s floor); without a step
+    # model, one more.
+    spec = replace(SPEC, e2e_target_s=5.8, e2e_percentile=95.0)
+    decision = POLICY.decide(snap(running=40.0, e2e=6.0), CURRENT, spec, STEPS, 1000.0)
+    assert decision.reason == "E2EAboveTarget"
+    assert decision.setting.replicas == 7
+    blind = POLICY.decide(snap(running=40.0, e2e=6.0), CURRENT, spec, SETTLED, 1000.0)
+    assert blind.setting.replicas == CURRENT.replicas + 1
+
+
 def test_ttft_violation_scales_up_at_once() -> None:
     decision = POLICY.decide(snap(ttft=1.5, waiting=200), CURRENT, SPEC, SETTLED, 1000.0)
     assert decision.reason == "TTFTAboveTarget"

@@ -34,6 +34,13 @@ class ItlFit:
             self.sxy * f + weight * x * y,
         )
 
+    def spread(self) -> float:
+        """The standard deviation of the batch sizes seen, over their mean (0 before any)."""
+        if self.w <= 0 or self.sx <= 0:
+            return 0.0
+        mean = self.sx / self.w
+        return math.sqrt(max(0.0, self.sxx / self.w - mean * mean)) / mean
+
     def line(self) -> tuple[float, float] | None:
         """(a, b) of ITL = a + b * n, or None before any data."""
         if self.w <= 0:

@@ -116,6 +116,10 @@ class SlotuneConfig:
     prefill_utilisation_max_poisson: float = 0.9  # ... 0.2 where arrivals are Poisson-like
     prefill_ttft_share: float = 0.6  # ... by keeping the wait for prefill in this share
     prefill_ttft_share_poisson: float = 0.8  # ... or this one where arrivals are Poisson-like
+    # E2E is planned within 85% of the room above its floor (itl_margin), and a replica
+    # removed only if E2E stays within 60% of it.
+    e2e_down_room: float = 0.6
+    mean_fit_spread: float = 0.2  # the batch sizes seen spread by 20% of their mean
     poisson_swing: float = 2.0  # ... a median minute's rate within 2 Poisson deviations
     # The queueing model's TTFT, scaled down to what calm windows showed (never up: the
     # floors stay where they are), learnt only from windows at least this busy in prefill,
@@ -128,6 +132,49 @@ class SlotuneConfig:
     chunk_ttft_bar: float = 0.9  # ... while TTFT, lengthened by the extra chunk steps, fits
     ttft_growth_queue: float = 2.0  # waiting per replica before a broken TTFT grows the fleet
     unsettling_queue_s: float = 1.0  # a queue of a second's arrivals unsettles a window
+
+
+def _e2e_model(
+    snapshot: MetricsSnapshot,
+    mean_line: tuple[float, float] | None,
+    concurrency: Callable[[int], float],
+    *,
+    serving: float,
+    price: float,
+    prompt_share: float,
+    forecast: float,
+) -> tuple[Callable[[int], float], float] | None:
+    """Predicted E2E at its percentile with `r` replicas, and the floor no count goes below.
+
+    A request's time after its first token (the E2E quantile less the TTFT quantile) is its
+    output length times the mean ITL, so it scales with the mean ITL at the batch each replica
+    would run: by the line fitted to it where there is one (it holds the prefill steps beside
+    the decodes too), else by what prefill takes of each second, at `price` per prompt token
+    (a decode step stretched by 1 / (1 - busy)). Scaled from the window's own time, at the
+    replicas it was served by (`serving`). TTFT as now: the prefill model sizes for it.
+    None without the quantiles."""
+    if snapshot.e2e is None or snapshot.ttft is None or serving <= 0:
+        return None
+    ttft = snapshot.ttft
+    decoding = max(0.0, snapshot.e2e - ttft)
+    if mean_line is not None:
+        a, b = max(mean_line[0], 1e-6), max(mean_line[1], 0.0)
+        now = (a + b * (snapshot.running or 0.0) / serving) / a
+
+        def later(replicas: int) -> float:
+            return (a + b * concurrency(replicas)) / a
+    else:
+
+        def stretch(replicas: float, load: float) -> float:
+            return 1 / (1 - min(0.95, price * load * prompt_share / replicas))
+
+        now = stretch(serving, snapshot.request_rate or 0.0)
+
+        def later(replicas: int) -> float:
+            return stretch(replicas, forecast)
+
+    empty = decoding / now
+    return (lambda replicas: ttft + empty * later(replicas)), ttft + empty
 
 
 def _with_prior(fit: ItlFit, x: float, y: float, cfg: SlotuneConfig) -> ItlFit:
@@ -386,6 +433,21 @@ class SlotunePolicy:
             mem["anchor"] = [per_replica, snapshot.itl]
         anchor = mem.get("anchor")
         line = _with_prior(fit, anchor[0], anchor[1], cfg).line() if anchor else None
+        # Where an E2E target is set, the mean ITL against batch per replica too (E2E scales
+        # with it: see _e2e_model), from the exact means and without a prior; trusted only
+        # once it has seen batch sizes apart (a fleet held at one count teaches no slope).
+        mean_line = None
+        if spec.e2e_target_s is not None:
+            mean_fit = ItlFit(**mem.get("meanFit", {}))
+            if (
+                snapshot.itl_mean is not None
+                and per_replica >= cfg.min_observed_batch
+                and steady_window
+            ):
+                mean_fit = mean_fit.add(per_replica, snapshot.itl_mean, 1.0, cfg.forgetting)
+                mem["meanFit"] = mean_fit.__dict__
+            if mean_fit.w >= cfg.min_fit_samples and mean_fit.spread() >= cfg.mean_fit_spread:
+                mean_line = mean_fit.line()
 
         # 1b. Learn the ITL budget model: this window's burn at its prompt tokens/s per
         # replica. (Its stalls grow with the tokens a step carries: on the Azure conversation
@@ -665,6 +727,35 @@ class SlotunePolicy:
             now_needs = math.ceil(forecast * prompt_share / capacity_now)
             burn_needs = max(burn_needs, min(ceiling + 1, now_needs))
             needed_up = max(needed_up, burn_needs)
+        # E2E: the fewest replicas whose predicted E2E keeps within its goal. The margins are
+        # of the room above the floor no replica count lowers (long outputs take their
+        # decode steps whatever the fleet), not of the target: a floor near the target would
+        # read as a shortage at every count. Without an E2E model the fleet was sized for
+        # TTFT and ITL alone and grew a replica per broken window: on a diurnal day at 2 s /
+        # 60 ms and 8 s E2E it removed replicas into E2E violations and held 75% of the
+        # windows (bench/RESULTS.md, session 23).
+        e2e_needs = 0
+        e2e_model = None
+        if spec.e2e_target_s is not None and steps is not None:
+            e2e_model = _e2e_model(
+                snapshot,
+                mean_line,
+                concurrency,
+                serving=mean_ready or ready,
+                price=steps.per_token_s,
+                prompt_share=prompt_share,
+                forecast=forecast,
+            )
+        if e2e_model is not None and spec.e2e_target_s is not None:
+            e2e_time, e2e_floor = e2e_model
+            room = spec.e2e_target_s - e2e_floor
+            if room > 0:
+                e2e_needs = _fewest(e2e_time, e2e_floor + cfg.itl_margin * room, ceiling)
+                needed_up = max(needed_up, e2e_needs)
+                down_goal = e2e_floor + cfg.e2e_down_room * room
+                needed_down = max(needed_down, _fewest(e2e_time, down_goal, ceiling))
+            else:
+                e2e_model = None
         ttft = snapshot.ttft
         reason: Reason = "Steady"
         message = "latencies within target"
@@ -693,7 +784,9 @@ class SlotunePolicy:
             if retuned_in_window:
                 message += " (the window still holds steps from before the last retune)"
         elif snapshot.e2e is not None and spec.e2e_target_s and snapshot.e2e > spec.e2e_target_s:
-            needed_up = max(needed_up, ready + 1)
+            # Without an E2E model (or where it says no count is enough), one more.
+            if e2e_model is None or e2e_needs > ceiling:
+                needed_up = max(needed_up, ready + 1)
             reason, message = "E2EAboveTarget", f"E2E {snapshot.e2e:.2f}s > {spec.e2e_target_s:g}s"
 
         # Scale-down stabilisation as HPA does it: act on the largest recommendation of the
@@ -938,6 +1031,7 @@ class SlotunePolicy:
             # Shorter stalls change ITL at every batch size: learn the line again too.
             mem.pop("fit", None)
             mem.pop("anchor", None)
+            mem.pop("meanFit", None)
         if retune != current.max_num_seqs and reason == "Steady":
             reason = "ITLAboveTarget" if retune < current.max_num_seqs else "OverProvisioned"
             message = f"batch limit {current.max_num_seqs} -> {retune} from the fitted ITL model"
