@@ -101,15 +101,19 @@ def test_an_e2e_target_near_its_floor_holds_the_replicas_it_needs() -> None:
 
 
 def test_an_e2e_violation_is_sized_by_the_model_not_a_replica_at_a_time() -> None:
-    # E2E 6.0 s against 5.8 s: 7 replicas bring the prefill each carries down far enough
-    # (5.66 s predicted, within 85% of the room above the 5.27 s floor); without a step
-    # model, one more.
-    spec = replace(SPEC, e2e_target_s=5.8, e2e_percentile=95.0)
-    decision = POLICY.decide(snap(running=40.0, e2e=6.0), CURRENT, spec, STEPS, 1000.0)
+    # E2E 6.0 s against 5.5 s, with 3,000-token prompts taking 37.5% of each replica's
+    # second: 6 replicas cut that share far enough (5.03 s predicted, within 85% of the room
+    # above the 3.83 s floor); without a step model, one more. And where that floor is within
+    # 10% of the target (4.2 s), a sliver of E2E would be worth many replicas: one more too.
+    spec = replace(SPEC, e2e_target_s=5.5, e2e_percentile=95.0)
+    broken = snap(running=40.0, e2e=6.0, prompt_token_rate=60_000.0)
+    decision = POLICY.decide(broken, CURRENT, spec, STEPS, 1000.0)
     assert decision.reason == "E2EAboveTarget"
-    assert decision.setting.replicas == 7
-    blind = POLICY.decide(snap(running=40.0, e2e=6.0), CURRENT, spec, SETTLED, 1000.0)
+    assert decision.setting.replicas == 6
+    blind = POLICY.decide(broken, CURRENT, spec, SETTLED, 1000.0)
     assert blind.setting.replicas == CURRENT.replicas + 1
+    near_floor = replace(spec, e2e_target_s=4.2)
+    assert POLICY.decide(broken, CURRENT, near_floor, STEPS, 1000.0).setting.replicas == 5
 
 
 def test_ttft_violation_scales_up_at_once() -> None:

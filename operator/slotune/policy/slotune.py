@@ -119,6 +119,11 @@ class SlotuneConfig:
     # E2E is planned within 85% of the room above its floor (itl_margin), and a replica
     # removed only if E2E stays within 60% of it.
     e2e_down_room: float = 0.6
+    # ... and sized by the model only where that room is at least 10% of the target: closer,
+    # a sliver of E2E is worth many replicas, and the model's slope decides them (on on/off
+    # bursts at 2 s / 60 ms / 8 s E2E, a floor 2% under the target after a retune asked for
+    # 26 replicas where 5 served; bench/RESULTS.md, session 23).
+    e2e_min_room: float = 0.1
     mean_fit_spread: float = 0.2  # the batch sizes seen spread by 20% of their mean
     poisson_swing: float = 2.0  # ... a median minute's rate within 2 Poisson deviations
     # The queueing model's TTFT, scaled down to what calm windows showed (never up: the
@@ -749,7 +754,7 @@ class SlotunePolicy:
         if e2e_model is not None and spec.e2e_target_s is not None:
             e2e_time, e2e_floor = e2e_model
             room = spec.e2e_target_s - e2e_floor
-            if room > 0:
+            if room > cfg.e2e_min_room * spec.e2e_target_s:
                 e2e_needs = _fewest(e2e_time, e2e_floor + cfg.itl_margin * room, ceiling)
                 needed_up = max(needed_up, e2e_needs)
                 down_goal = e2e_floor + cfg.e2e_down_room * room
