@@ -103,13 +103,17 @@ def test_an_e2e_target_near_its_floor_holds_the_replicas_it_needs() -> None:
 def test_an_e2e_violation_is_sized_by_the_model_not_a_replica_at_a_time() -> None:
     # E2E 6.0 s against 5.5 s, with 3,000-token prompts taking 37.5% of each replica's
     # second: 6 replicas cut that share far enough (5.03 s predicted, within 85% of the room
-    # above the 3.83 s floor); without a step model, one more. And where that floor is within
-    # 10% of the target (4.2 s), a sliver of E2E would be worth many replicas: one more too.
+    # above the 3.83 s floor). At 5.3 s, within the target but over that margin, it scales
+    # up ahead and says why. Without a step model, one more; and one more where the floor is
+    # within 10% of the target (4.2 s): there a sliver of E2E would be worth many replicas.
     spec = replace(SPEC, e2e_target_s=5.5, e2e_percentile=95.0)
     broken = snap(running=40.0, e2e=6.0, prompt_token_rate=60_000.0)
     decision = POLICY.decide(broken, CURRENT, spec, STEPS, 1000.0)
     assert decision.reason == "E2EAboveTarget"
     assert decision.setting.replicas == 6
+    ahead = POLICY.decide(replace(broken, e2e=5.3), CURRENT, spec, STEPS, 1000.0)
+    assert ahead.reason == "E2EAboveTarget" and ahead.setting.replicas > CURRENT.replicas
+    assert "E2E under 5.5s" in ahead.message
     blind = POLICY.decide(broken, CURRENT, spec, SETTLED, 1000.0)
     assert blind.setting.replicas == CURRENT.replicas + 1
     near_floor = replace(spec, e2e_target_s=4.2)

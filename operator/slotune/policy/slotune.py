@@ -880,6 +880,12 @@ class SlotunePolicy:
                     f"predicted: {forecast:.1f} req/s need {needed_up} replicas to keep the "
                     f"ITL burn under {use_up:.0%} of its budget"
                 )
+            elif reason == "Steady" and e2e_model is not None and e2e_needs >= needed_up:
+                reason = "E2EAboveTarget"
+                message = (
+                    f"predicted: {forecast:.1f} req/s need {needed_up} replicas to keep "
+                    f"p{spec.e2e_percentile or 95:g} E2E under {spec.e2e_target_s:g}s"
+                )
             elif reason == "Steady" and prefill_up >= needed_up and steps is not None:
                 reason = "TTFTAboveTarget"
                 decoding = min(concurrency(needed_up), float(current.max_num_seqs))
